@@ -1,0 +1,192 @@
+"""convert_flow: float model in the registry → verified int8 model, logged, registered, promoted.
+
+Orchestration only: every stage is a task in ``tasks/``; this flow passes results along
+and decides the gates.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+
+from prefect import flow, runtime
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from quant.errors import QuantStageError
+from quant.gates import GateResult, GatesConfig, check_gates
+from quant.report import render_report
+from quant.sources import DataSpec
+from quant.spec import QuantSpec
+from tasks.benchmark import benchmark_model
+from tasks.calibrate import calibrate
+from tasks.export import export_model
+from tasks.load import load_data, load_model
+from tasks.lower import lower
+from tasks.reference_convert import reference_convert
+from tasks.report import publish_report
+from tasks.track import end_run, log_conversion, promote, register_model, start_run
+from tasks.validate import validate_accuracy
+
+__all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
+
+_MODEL_URI = re.compile(r"^(models:/[^/@]+(/\d+|@[^/]+)|runs:/[^/]+/.+)$")
+
+
+class GateFailure(QuantStageError):
+    """The quantized model was logged but failed a promotion gate."""
+
+
+class ConvertParams(BaseModel):
+    """Parameters of one conversion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_uri: str = Field(
+        description="Float source model: models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>."
+    )
+    data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
+    spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks that must pass before promotion.")
+    registered_name: str | None = Field(
+        None, description="Registry name of the quantized model; default '<source name>-int8'."
+    )
+    alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
+    experiment: str = Field("quantstage", description="MLflow experiment of the conversion run.")
+    benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model and batch size.")
+    benchmark_threads: int = Field(1, ge=1, description="torch intra-op threads while benchmarking.")
+
+    @field_validator("model_uri")
+    @classmethod
+    def _known_uri_form(cls, value: str) -> str:
+        if not _MODEL_URI.match(value):
+            raise ValueError(
+                f"model_uri {value!r} is not of a supported form; use models:/<name>/<version>, "
+                f"models:/<name>@<alias> or runs:/<run_id>/<path>"
+            )
+        return value
+
+    @property
+    def target_name(self) -> str:
+        if self.registered_name:
+            return self.registered_name
+        if self.model_uri.startswith("models:/"):
+            return re.split(r"[/@]", self.model_uri[len("models:/") :])[0] + "-int8"
+        return "run-" + self.model_uri[len("runs:/") :].split("/")[0][:8] + "-int8"
+
+
+class ConvertResult(BaseModel):
+    """What one conversion produced."""
+
+    run_id: str
+    model_uri: str
+    registered_name: str
+    version: str
+    promoted: bool
+    metrics: dict[str, float]
+    gates: list[dict[str, object]]
+
+
+def _run_name() -> str:
+    params = runtime.flow_run.parameters.get("params")
+    uri = params.model_uri if isinstance(params, ConvertParams) else (params or {}).get("model_uri", "?")
+    spec = params.spec if isinstance(params, ConvertParams) else QuantSpec.model_validate((params or {}).get("spec", {}))
+    return f"convert {uri} [{spec.backend}/{spec.mode}]"
+
+
+def _gate_failure(gates: list[GateResult]) -> str:
+    return "; ".join(g.reason for g in gates if not g.passed)
+
+
+@flow(name="convert", flow_run_name=_run_name, log_prints=True)
+def convert_flow(params: ConvertParams) -> ConvertResult:
+    """Convert a registered float model to int8, validate, benchmark, log, register and promote."""
+    spec = params.spec
+    source = load_model(params.model_uri)
+    dataset = load_data(params.data, source.model)
+    run_id = start_run(
+        params.experiment,
+        f"{params.target_name} from {params.model_uri}",
+        {
+            "quantstage.source_uri": params.model_uri,
+            "quantstage.spec_hash": spec.digest(),
+            "quantstage.flow_run_id": str(runtime.flow_run.id),
+        },
+    )
+    try:
+        prepared = calibrate(source.model, dataset, spec)
+        reference = reference_convert(prepared, spec)
+        quantized = lower(reference, spec)
+        accuracy = validate_accuracy(source.model, quantized, dataset)
+        with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
+            artifact = export_model(quantized, dataset, work_dir)
+            benchmarks = benchmark_model(
+                source.model, artifact.module, dataset,
+                iterations=params.benchmark_iterations,
+                num_threads=params.benchmark_threads,
+            )
+            gates = check_gates(params.gates, accuracy, benchmarks[0])
+            passed = all(g.passed for g in gates)
+            metrics = accuracy.as_metrics() | benchmarks[0].as_metrics()
+            for b in benchmarks[1:]:
+                metrics |= {f"{k}_bs{b.batch_size}": v for k, v in b.as_metrics().items()}
+            metrics |= {f"gate.{g.name}.passed": float(g.passed) for g in gates}
+            metrics["gates_passed"] = float(passed)
+            promoted_alias = params.alias if passed else None
+            report = render_report(
+                source_uri=params.model_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
+                gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
+            )
+            model_uri = log_conversion(
+                run_id,
+                params={
+                    **spec.as_params(),
+                    "source_uri": params.model_uri,
+                    "source_version": source.version or "",
+                    "data.source": params.data.source,
+                    "data.batch_size": str(params.data.batch_size),
+                    "export.method": artifact.method,
+                },
+                metrics=metrics,
+                documents={
+                    "report.md": report,
+                    "spec.json": spec.to_json(),
+                    "params.json": params.model_dump_json(indent=2),
+                    "code/reference.py": reference.code,
+                    "code/quantized.py": quantized.code,
+                },
+                tables={"gates.json": [g.as_dict() for g in gates]},
+                artifact=artifact,
+                example=dataset.example_inputs[0],
+            )
+        version = register_model(
+            model_uri,
+            params.target_name,
+            {
+                "source_uri": params.model_uri,
+                "source_name": source.name or "",
+                "source_version": source.version or "",
+                "source_run_id": source.run_id or "",
+                "spec_hash": spec.digest(),
+                "backend": spec.backend,
+                "mode": spec.mode,
+                "gates_passed": str(passed).lower(),
+                "flow_run_id": str(runtime.flow_run.id),
+                "mlflow_run_id": run_id,
+            },
+            description=f"int8 ({spec.backend}, {spec.mode}) of {params.model_uri} (version {source.version})",
+        )
+        publish_report(report, params.target_name)
+        if not passed:
+            raise GateFailure(
+                f"{params.target_name} version {version} failed its gates ({_gate_failure(gates)}); "
+                f"it is registered but models:/{params.target_name}@{params.alias} was not moved"
+            )
+        promote(params.target_name, version, params.alias)
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id, "FINISHED")
+    return ConvertResult(
+        run_id=run_id, model_uri=model_uri, registered_name=params.target_name, version=version,
+        promoted=True, metrics=metrics, gates=[g.as_dict() for g in gates],
+    )

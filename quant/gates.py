@@ -1,0 +1,85 @@
+"""Promotion gates: named checks of measured numbers against thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quant.benchmark import BenchmarkReport
+from quant.evaluate import AccuracyReport
+
+__all__ = ["GateResult", "GatesConfig", "check_gates"]
+
+
+class GatesConfig(BaseModel):
+    """Thresholds a quantized model must meet before its alias moves; ``None`` disables one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_accuracy_drop: float | None = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed float-minus-int8 top-1 accuracy, absolute (0.01 = 1 point).",
+    )
+    min_agreement: float | None = Field(
+        None, ge=0.0, le=1.0, description="Smallest allowed top-1 agreement of int8 with float."
+    )
+    min_output_sqnr_db: float | None = Field(
+        None, description="Smallest allowed output SQNR of int8 against float, in dB."
+    )
+    min_speedup: float | None = Field(
+        None, gt=0.0, description="Smallest allowed float/int8 p50 latency ratio."
+    )
+    max_size_ratio: float | None = Field(
+        None, gt=0.0, description="Largest allowed int8/float serialized size ratio."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    """One gate: what was measured, the threshold, and whether it passed."""
+
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def _gate(name: str, value: float | None, threshold: float, higher_is_better: bool, what: str) -> GateResult:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return GateResult(name, None, threshold, False, f"{what} could not be measured")
+    passed = value >= threshold if higher_is_better else value <= threshold
+    op = ">=" if higher_is_better else "<="
+    verdict = "passed" if passed else "FAILED"
+    return GateResult(name, value, threshold, passed, f"{what} {value:.4g} {op} {threshold:.4g}: {verdict}")
+
+
+def check_gates(
+    config: GatesConfig, accuracy: AccuracyReport, bench: BenchmarkReport | None = None
+) -> list[GateResult]:
+    """Evaluate every enabled gate in ``config``."""
+    results: list[GateResult] = []
+    if config.max_accuracy_drop is not None:
+        results.append(
+            _gate("max_accuracy_drop", accuracy.accuracy_drop, config.max_accuracy_drop, False, "accuracy drop")
+        )
+    if config.min_agreement is not None:
+        results.append(_gate("min_agreement", accuracy.agreement, config.min_agreement, True, "top-1 agreement"))
+    if config.min_output_sqnr_db is not None:
+        results.append(
+            _gate("min_output_sqnr_db", accuracy.sqnr_db, config.min_output_sqnr_db, True, "output SQNR (dB)")
+        )
+    if config.min_speedup is not None:
+        value = bench.speedup if bench is not None else None
+        results.append(_gate("min_speedup", value, config.min_speedup, True, "speedup"))
+    if config.max_size_ratio is not None:
+        value = bench.size_ratio if bench is not None else None
+        results.append(_gate("max_size_ratio", value, config.max_size_ratio, False, "size ratio"))
+    return results

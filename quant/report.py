@@ -1,0 +1,84 @@
+"""The human-readable conversion report (markdown) and the summary table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from quant.benchmark import BenchmarkReport
+from quant.evaluate import AccuracyReport
+from quant.gates import GateResult
+from quant.spec import QuantSpec
+
+__all__ = ["render_report", "summary_rows"]
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}%"
+
+
+def summary_rows(accuracy: AccuracyReport, bench: BenchmarkReport) -> list[tuple[str, str, str]]:
+    """``(metric, float, int8)`` rows: accuracy, p50 latency, speedup, size."""
+    return [
+        ("top-1 accuracy", _pct(accuracy.float_accuracy), _pct(accuracy.quant_accuracy)),
+        (f"p50 latency (batch {bench.batch_size})", f"{bench.float_latency.p50_ms:.3f} ms", f"{bench.quant_latency.p50_ms:.3f} ms"),
+        ("speedup", "1.00x", f"{bench.speedup:.2f}x"),
+        ("size", f"{bench.float_size_bytes / 1024:.1f} KiB", f"{bench.quant_size_bytes / 1024:.1f} KiB"),
+    ]
+
+
+def render_report(
+    *,
+    source_uri: str,
+    spec: QuantSpec,
+    accuracy: AccuracyReport,
+    benchmarks: Sequence[BenchmarkReport],
+    gates: Sequence[GateResult],
+    registered: str | None = None,
+    promoted_alias: str | None = None,
+) -> str:
+    """Markdown report of one conversion."""
+    passed = all(g.passed for g in gates)
+    lines = [
+        f"# quantstage: {source_uri}",
+        "",
+        f"**Verdict:** {'all gates passed' if passed else 'GATES FAILED'}"
+        + (f"; promoted to `@{promoted_alias}`" if promoted_alias else "; alias not moved"),
+        "",
+        f"Backend `{spec.backend}`, mode `{spec.mode}`, {spec.calibration_batches} calibration batches, "
+        f"spec hash `{spec.digest()}`" + (f", registered as `{registered}`" if registered else ""),
+        "",
+        "## Summary",
+        "",
+        "| metric | float | int8 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {m} | {f} | {q} |" for m, f, q in summary_rows(accuracy, benchmarks[0])]
+    lines += [
+        "",
+        f"Top-1 agreement {accuracy.agreement:.4f}, output SQNR {accuracy.sqnr_db:.2f} dB "
+        f"over {accuracy.samples} samples.",
+        "",
+        "## Gates",
+        "",
+        "| gate | measured | threshold | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {g.name} | {'n/a' if g.value is None else f'{g.value:.4g}'} | {g.threshold:.4g} | "
+        f"{'pass' if g.passed else 'FAIL'} |"
+        for g in gates
+    ]
+    lines += [
+        "",
+        "## Latency (interleaved float/int8, per call)",
+        "",
+        "| batch | threads | float p50 / p90 / p99 ms | int8 p50 / p90 / p99 ms | speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for b in benchmarks:
+        f, q = b.float_latency, b.quant_latency
+        lines.append(
+            f"| {b.batch_size} | {b.threads} | {f.p50_ms:.3f} / {f.p90_ms:.3f} / {f.p99_ms:.3f} | "
+            f"{q.p50_ms:.3f} / {q.p90_ms:.3f} / {q.p99_ms:.3f} | {b.speedup:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"

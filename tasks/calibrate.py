@@ -1,0 +1,39 @@
+"""Calibrate stage: prepare the float model with FX and run calibration data through it."""
+
+from __future__ import annotations
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch.fx import GraphModule
+
+from quant.prepare import calibrate as run_calibration
+from quant.prepare import prepare
+from quant.sources import Dataset
+from quant.spec import QuantSpec
+from tasks._common import run_logger
+
+__all__ = ["calibrate"]
+
+
+@task(name="calibrate", cache_policy=NO_CACHE)
+def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec) -> GraphModule:
+    """Prepare ``model`` for ``spec`` and calibrate its observers (static mode)."""
+    logger = run_logger()
+    prepared = prepare(model, dataset.example_inputs, spec)
+    if spec.mode == "dynamic":
+        logger.info("dynamic mode: no activation calibration needed")
+        return prepared
+    step = max(1, spec.calibration_batches // 4)
+
+    def progress(seen: int, total: int) -> None:
+        if seen % step == 0 or seen == total:
+            logger.info("calibration %d/%d batches", seen, total)
+
+    seen = run_calibration(prepared, dataset.calibration, max_batches=spec.calibration_batches, on_batch=progress)
+    if seen < spec.calibration_batches:
+        logger.warning(
+            "calibration saw %d batches, fewer than the %d asked for: the data has only %d",
+            seen, spec.calibration_batches, len(dataset.calibration),
+        )
+    return prepared

@@ -1,0 +1,32 @@
+"""Demo training stage: train the digits CNN and log it to MLflow as a float source model."""
+
+from __future__ import annotations
+
+import mlflow
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from quant.models import DigitsCNN
+from quant.sources import digits_split
+from quant.train import train_classifier
+from tasks._common import run_logger
+from tasks.track import experiment_id, log_pytorch_model
+
+__all__ = ["train_digits"]
+
+
+@task(name="train_digits", cache_policy=NO_CACHE)
+def train_digits(experiment: str, epochs: int, seed: int) -> tuple[str, float]:
+    """Train DigitsCNN on the digits training split, log it to MLflow; return (model URI, test accuracy)."""
+    logger = run_logger()
+    x_train, y_train, x_test, y_test = digits_split(seed=seed)
+    model = train_classifier(DigitsCNN(), x_train, y_train, epochs=epochs, seed=seed)
+    with torch.no_grad():
+        accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
+    logger.info("trained DigitsCNN for %d epochs: test accuracy %.4f", epochs, accuracy)
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name="train digits-cnn"):
+        mlflow.log_params({"epochs": epochs, "seed": seed, "model": "DigitsCNN"})
+        mlflow.log_metric("test_accuracy", accuracy)
+        model_uri = log_pytorch_model(model, x_test[:2])
+    return model_uri, accuracy
