@@ -8,10 +8,12 @@ the loaded model reproduces the in-memory outputs bit-exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 
 from quant.errors import ArtifactError
 
-__all__ = ["TorchScriptArtifact", "export_torchscript", "load_torchscript"]
+__all__ = ["TorchScriptArtifact", "export_torchscript", "jit_quiet", "load_torchscript", "to_torchscript"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,29 @@ class TorchScriptArtifact:
     sha256: str
 
 
+@contextlib.contextmanager
+def jit_quiet() -> Iterator[None]:
+    """Silence TorchScript's own deprecation notices (TorchScript is how the model ships)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"The TorchScript type system doesn't support instance-level annotations",
+            category=UserWarning,
+        )
+        yield
+
+
+def to_torchscript(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> tuple[torch.jit.ScriptModule, str]:
+    """``torch.jit.script`` ``model``, or trace it on ``example_inputs`` when scripting fails."""
+    with jit_quiet():
+        return _to_script(model, example_inputs)
+
+
 def _to_script(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> tuple[torch.jit.ScriptModule, str]:
     try:
         return torch.jit.script(model), "script"
     except Exception as script_error:
-        logger.info("torch.jit.script failed (%s); falling back to torch.jit.trace", script_error)
+        logger.info("torch.jit.script failed (%s); falling back to torch.jit.trace", str(script_error).strip().splitlines()[0])
         try:
             with torch.no_grad():
                 return torch.jit.trace(model, example_inputs), "trace"
@@ -52,7 +72,8 @@ def _to_script(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> tuple
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     """Load a TorchScript file saved by ``export_torchscript``."""
-    return torch.jit.load(str(path), map_location="cpu").eval()
+    with jit_quiet():
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 @torch.no_grad()
@@ -71,8 +92,9 @@ def export_torchscript(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    scripted, method = _to_script(model, verify_inputs[0])
-    torch.jit.save(scripted, str(path))
+    scripted, method = to_torchscript(model, verify_inputs[0])
+    with jit_quiet():
+        torch.jit.save(scripted, str(path))
     loaded = load_torchscript(path)
     for i, inputs in enumerate(verify_inputs):
         expected, got = model(*inputs), loaded(*inputs)

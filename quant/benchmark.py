@@ -7,6 +7,7 @@ import dataclasses
 import io
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,7 +90,9 @@ def serialized_size(model: torch.nn.Module) -> int:
     """Bytes of the model as shipped: ``ScriptModule.save`` for TorchScript, else its state_dict."""
     buffer = io.BytesIO()
     if isinstance(model, torch.jit.ScriptModule):
-        torch.jit.save(model, buffer)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.save` is deprecated", category=DeprecationWarning)
+            torch.jit.save(model, buffer)
     else:
         torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes

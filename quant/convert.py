@@ -90,12 +90,13 @@ def _convert_time_node_name_to_qconfig(
     if backend_config is None:
         backend_config = _fx.backend_config_for("native")
     modules_copy = copy.deepcopy(dict(model.named_modules(remove_duplicate=False)))
-    if attrs.is_qat:
-        _fx._update_qconfig_for_qat(mapping, backend_config)
-    _fx._update_qconfig_for_fusion(model, mapping)
-    return _fx._generate_node_name_to_qconfig(
-        model, modules_copy, model.graph, mapping, attrs.node_name_to_scope
-    )
+    with _fx.fx_quiet():
+        if attrs.is_qat:
+            _fx._update_qconfig_for_qat(mapping, backend_config)
+        _fx._update_qconfig_for_fusion(model, mapping)
+        return _fx._generate_node_name_to_qconfig(
+            model, modules_copy, model.graph, mapping, attrs.node_name_to_scope
+        )
 
 
 def reference_convert(

@@ -6,6 +6,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from quant.artifacts import to_torchscript
 from quant.benchmark import BenchmarkReport, benchmark
 from quant.sources import Dataset
 from tasks._common import run_logger
@@ -30,7 +31,7 @@ def benchmark_model(
     logger = run_logger()
     inputs = dataset.example_inputs[0]
     batch_sizes = batch_sizes or (int(inputs.shape[0]), 1)
-    float_script = torch.jit.trace(float_model.eval(), (inputs[:1],))
+    float_script, _ = to_torchscript(float_model.eval(), (inputs[:1],))
     reports = []
     for i, batch_size in enumerate(batch_sizes, start=1):
         example = (inputs[:batch_size],)

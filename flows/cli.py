@@ -1,0 +1,204 @@
+"""The ``quantstage`` command line: ``quantstage convert …`` and ``quantstage demo``.
+
+Bad input exits non-zero with one line naming the problem and the fix; ``--debug``
+shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+
+class _DropTracebacks(logging.Filter):
+    """Keep Prefect's failure lines but not their tracebacks (unless --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_DropTracebacks())
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid {source}: {where}: {msg} (got {got!r}){extra}"
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise _BadInput(f"config file {path!r} does not exist; pass the path of a YAML/JSON file of convert parameters")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise _BadInput(f"config file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise _BadInput(f"config file {path!r} must hold a mapping of convert parameters, got {type(data).__name__}")
+    return data
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _convert_params(args: argparse.Namespace) -> Any:
+    from flows.convert import ConvertParams
+
+    raw = _load_config(args.config) if args.config else {}
+    overrides = {
+        "model_uri": args.model_uri,
+        "spec.backend": args.backend,
+        "spec.mode": args.mode,
+        "spec.calibration_batches": args.calibration_batches,
+        "spec.skip_modules": args.skip_module or None,
+        "spec.skip_object_types": args.skip_object_type or None,
+        "data.batch_size": args.batch_size,
+        "gates.max_accuracy_drop": args.max_accuracy_drop,
+        "registered_name": args.registered_name,
+        "alias": args.alias,
+        "experiment": args.experiment,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            _set(raw, key, value)
+    if "model_uri" not in raw:
+        raise _BadInput("no model URI given; pass MODEL_URI (e.g. models:/digits-cnn@champion) or model_uri in --config")
+    try:
+        return ConvertParams.model_validate(raw)
+    except ValidationError as exc:
+        raise _BadInput(_one_line(exc, "convert parameters")) from exc
+
+
+def _print_summary(result: Any) -> None:
+    m = result.metrics
+    rows = [
+        ("top-1 accuracy", f"{100 * m['float_accuracy']:.2f}%", f"{100 * m['int8_accuracy']:.2f}%"),
+        ("p50 latency", f"{m['float_latency_p50_ms']:.3f} ms", f"{m['int8_latency_p50_ms']:.3f} ms"),
+        ("speedup", "1.00x", f"{m['speedup']:.2f}x"),
+        ("size", f"{m['float_size_bytes'] / 1024:.1f} KiB", f"{m['int8_size_bytes'] / 1024:.1f} KiB"),
+    ]
+    if "float_accuracy" not in m:
+        rows = rows[1:]
+    print(f"\n{'':<16}{'float':>14}{'int8':>14}")
+    for name, f, q in rows:
+        print(f"{name:<16}{f:>14}{q:>14}")
+    print(f"\nmodels:/{result.registered_name}/{result.version} (promoted: {result.promoted})")
+
+
+def _where_to_look() -> None:
+    import mlflow
+
+    print("\nWhere to look:")
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        print(f"  MLflow UI:   mlflow ui --backend-store-uri {uri}")
+    else:
+        print(f"  MLflow UI:   {uri}")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        print(f"  Prefect UI:  {api.removesuffix('/api')}")
+    else:
+        print("  Prefect UI:  prefect server start   (then http://127.0.0.1:4200; ephemeral runs are kept there)")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    params = _convert_params(args)
+    from flows.convert import convert_flow
+
+    result = convert_flow(params)
+    _print_summary(result)
+    _where_to_look()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.convert import ConvertParams, convert_flow
+    from flows.train_demo import train_demo
+
+    source = train_demo(epochs=args.epochs)
+    print(f"trained and registered {source} (alias @champion)")
+    result = convert_flow(ConvertParams(model_uri="models:/digits-cnn@champion"))
+    _print_summary(result)
+    print("\nLoad it anywhere:  mlflow.pytorch.load_model('models:/digits-cnn-int8@champion')")
+    _where_to_look()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantstage", description="Turn a trained PyTorch model into a fast int8 model.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="convert a registered float model to int8 (Prefect flow, MLflow logging)")
+    conv.add_argument("model_uri", nargs="?", help="models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>")
+    conv.add_argument("--config", help="YAML/JSON file of convert parameters (flags override it)")
+    conv.add_argument("--backend", help="x86 | fbgemm | qnnpack | onednn")
+    conv.add_argument("--mode", help="static | dynamic")
+    conv.add_argument("--calibration-batches", type=int)
+    conv.add_argument("--skip-module", action="append", help="module path kept float (repeatable)")
+    conv.add_argument("--skip-object-type", action="append", help="dotted type/function kept float (repeatable)")
+    conv.add_argument("--batch-size", type=int)
+    conv.add_argument("--max-accuracy-drop", type=float, help="gate: largest allowed absolute top-1 drop")
+    conv.add_argument("--registered-name", help="registry name of the int8 model (default <source>-int8)")
+    conv.add_argument("--alias", help="alias moved when the gates pass (default champion)")
+    conv.add_argument("--experiment", help="MLflow experiment (default quantstage)")
+    conv.set_defaults(run=_cmd_convert)
+    demo = sub.add_parser("demo", help="train the digits CNN, register it, convert it")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = _parser().parse_args(argv)
+    if not args.debug:
+        _quiet_prefect_tracebacks()
+    from flows.convert import GateFailure
+    from quant.errors import QuantStageError
+
+    try:
+        return args.run(args)
+    except GateFailure as exc:
+        if args.debug:
+            raise
+        print(f"quantstage: gate failed: {exc}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    except (QuantStageError, _BadInput) as exc:
+        if args.debug:
+            raise
+        print(f"quantstage: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shared fixtures: one Prefect test harness and one temporary MLflow store per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A temporary MLflow tracking store (SQLite + local artifacts); cwd moves there so the
+    default artifact root (./mlruns) lands in it too."""
+    import mlflow
+
+    workdir = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    previous_cwd, previous_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    os.chdir(workdir)
+    try:
+        yield uri
+    finally:
+        os.chdir(previous_cwd)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        mlflow.set_tracking_uri(previous_env or "")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's ephemeral test API, started once for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits_source(mlflow_store: str, prefect_harness: None) -> str:
+    """The demo's training flow, run once: DigitsCNN registered as digits-cnn@champion."""
+    from flows.train_demo import train_demo
+
+    return train_demo(epochs=3)

@@ -1,0 +1,108 @@
+"""convert_flow end to end under the Prefect test harness, against a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from prefect.artifacts import Artifact
+
+from flows.convert import ConvertParams, GateFailure, convert_flow
+from quant.gates import GatesConfig
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.flow
+
+
+@pytest.fixture(scope="module")
+def converted(digits_source: str):
+    params = ConvertParams(model_uri="models:/digits-cnn@champion", benchmark_iterations=20)
+    return convert_flow(params)
+
+
+def test_flow_registers_and_promotes(converted) -> None:
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias("digits-cnn-int8", "champion")
+    assert str(mv.version) == converted.version
+    assert converted.promoted
+    source = client.get_model_version_by_alias("digits-cnn", "champion")
+    assert mv.tags["source_uri"] == "models:/digits-cnn@champion"
+    assert mv.tags["source_version"] == str(source.version)
+    assert mv.tags["backend"] == "x86"
+    assert mv.tags["gates_passed"] == "true"
+    assert mv.tags["torch_version"].startswith("2.13.0")
+    assert mv.tags["mlflow_run_id"] == converted.run_id
+
+
+def test_flow_logs_run(converted) -> None:
+    client = mlflow.MlflowClient()
+    run = client.get_run(converted.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["spec.backend"] == "x86"
+    assert run.data.params["source_uri"] == "models:/digits-cnn@champion"
+    metrics = run.data.metrics
+    for key in ("float_accuracy", "int8_accuracy", "agreement", "output_sqnr_db", "speedup",
+                "float_latency_p50_ms", "int8_latency_p99_ms", "float_size_bytes", "int8_size_bytes"):
+        assert key in metrics, f"metric {key} missing from {sorted(metrics)}"
+    assert metrics["float_accuracy"] - metrics["int8_accuracy"] <= 0.01
+    assert metrics["output_sqnr_db"] >= 20, f"SQNR {metrics['output_sqnr_db']} dB is too low"
+    assert metrics["int8_size_bytes"] < 0.5 * metrics["float_size_bytes"]
+    artifacts = {a.path for a in client.list_artifacts(converted.run_id)}
+    assert {"report.md", "spec.json", "gates.json", "params.json", "code"} <= artifacts
+    gates = json.loads(open(client.download_artifacts(converted.run_id, "gates.json")).read())
+    assert [g["name"] for g in gates] == ["max_accuracy_drop"] and gates[0]["passed"]
+    report = open(client.download_artifacts(converted.run_id, "report.md")).read()
+    assert "all gates passed" in report and "promoted to `@champion`" in report
+
+
+def test_flow_publishes_prefect_report(converted) -> None:
+    artifact = Artifact.get("quantstage-digits-cnn-int8")
+    assert artifact is not None and "## Gates" in artifact.data
+
+
+def test_registered_model_loads_in_new_process(converted, mlflow_store: str) -> None:
+    """What users do after the flow: load the alias elsewhere and get float-level accuracy."""
+    script = textwrap.dedent(
+        """
+        import json, mlflow, torch
+        from quant.sources import digits_split
+        _, _, x, y = digits_split()
+        q = mlflow.pytorch.load_model("models:/digits-cnn-int8@champion")
+        f = mlflow.pytorch.load_model("models:/digits-cnn@champion")
+        with torch.no_grad():
+            acc = lambda m: (m(x).argmax(-1) == y).float().mean().item()
+            print(json.dumps({"type": type(q).__name__, "int8": acc(q), "float": acc(f)}))
+        """
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["type"] == "RecursiveScriptModule"
+    assert abs(result["float"] - result["int8"]) <= 0.01, result
+
+
+def test_failed_gate_fails_flow_and_keeps_alias(converted) -> None:
+    client = mlflow.MlflowClient()
+    params = ConvertParams(
+        model_uri="models:/digits-cnn@champion",
+        gates=GatesConfig(min_output_sqnr_db=500.0),
+        benchmark_iterations=5,
+    )
+    state = convert_flow(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(GateFailure, match=r"min_output_sqnr_db|output SQNR"):
+        state.result()
+    # the alias still points at the earlier, passing version
+    assert client.get_model_version_by_alias("digits-cnn-int8", "champion").version == int(converted.version)
+    # ... while the failing conversion is registered, tagged, and its run kept as FAILED
+    versions = client.search_model_versions("name='digits-cnn-int8'")
+    failed = [v for v in versions if v.tags.get("gates_passed") == "false"]
+    assert failed, "the failing version should still be registered for inspection"
+    run = client.get_run(failed[0].tags["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["gates_passed"] == 0.0
