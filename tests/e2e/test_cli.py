@@ -1,0 +1,121 @@
+"""The ``quantstage`` command line: bad input exits non-zero with one clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flows.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, main
+from tests.conftest import REPO_ROOT
+from tests.helpers import Flat100, GatedNet, register
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code, _, line = _run_out(capsys, *argv)
+    return code, line
+
+
+def _run_out(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Exit code, stdout, and the last stderr line of one in-process CLI call."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    return code, captured.out, err[-1] if err else ""
+
+
+def test_console_script_rejects_unknown_backend_without_traceback() -> None:
+    """The installed entry point, in a fresh process: one line, no traceback, exit 2."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "convert", "models:/x@champion", "--backend", "arm"],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "spec.backend" in lines[0] and "'arm'" in lines[0] and "'x86'" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["convert", "digits-cnn"], r"model_uri 'digits-cnn' is not of a supported form; use models:/"),
+        (["convert", "models:/m@a", "--mode", "int4"], r"spec\.mode: .*'static' or 'dynamic'.*'int4'"),
+        (["convert", "models:/m@a", "--calibration-batches", "0"], r"spec\.calibration_batches: .*greater than or equal to 1"),
+        (["convert", "models:/m@a", "--skip-object-type", "torch.nn.Lineer"], r"cannot resolve 'torch\.nn\.Lineer'"),
+        (["convert", "--config", "/nonexistent/params.yaml"], r"config file '/nonexistent/params.yaml' does not exist"),
+        (["convert"], r"no model URI given; pass MODEL_URI"),
+    ],
+    ids=["uri-form", "mode", "calibration-batches", "object-type", "config-missing", "no-uri"],
+)
+def test_bad_parameters(capsys: pytest.CaptureFixture[str], argv: list[str], pattern: str) -> None:
+    code, line = _run(capsys, *argv)
+    assert code == EXIT_BAD_INPUT
+    assert line.startswith("quantstage: error: ")
+    assert re.search(pattern, line), line
+
+
+def test_config_file_with_flag_override(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "params.yaml"
+    config.write_text("model_uri: models:/m@a\nspec:\n  backend: qnnpack\n  mode: bogus\n")
+    code, line = _run(capsys, "convert", "--config", str(config))
+    assert code == EXIT_BAD_INPUT and "spec.mode" in line
+    code, line = _run(capsys, "convert", "--config", str(config), "--mode", "static", "--backend", "sparc")
+    assert code == EXIT_BAD_INPUT and "spec.backend" in line and "'sparc'" in line
+
+
+@pytest.mark.flow
+def test_unresolvable_model_uri(mlflow_store: str, prefect_harness: None, capsys) -> None:
+    code, line = _run(capsys, "convert", "models:/no-such-model@champion")
+    assert code == EXIT_BAD_INPUT
+    assert "models:/no-such-model@champion' does not resolve in the MLflow registry" in line
+    assert "register the model first or point MLFLOW_TRACKING_URI" in line
+
+
+@pytest.mark.flow
+def test_data_that_does_not_fit(mlflow_store: str, prefect_harness: None, capsys) -> None:
+    uri = register(Flat100(), "flat100", torch.randn(2, 100))
+    code, line = _run(capsys, "convert", uri)
+    assert code == EXIT_BAD_INPUT
+    assert "data batch of shape (32, 1, 8, 8) does not fit Flat100.forward" in line
+    assert "fix: give data whose batches have the input shape" in line
+
+
+@pytest.mark.flow
+def test_untraceable_model_names_module(mlflow_store: str, prefect_harness: None, capsys) -> None:
+    uri = register(GatedNet(), "gated-net", torch.rand(2, 1, 8, 8))
+    code, line = _run(capsys, "convert", uri)
+    assert code == EXIT_BAD_INPUT
+    assert "torch.fx cannot symbolically trace GatedNet (failed in module 'block'" in line
+    assert "fix:" in line
+
+
+@pytest.mark.flow
+def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None:
+    code, out, _ = _run_out(capsys, "convert", "models:/digits-cnn@champion", "--registered-name", "digits-cli",
+                            "--backend", "qnnpack", "--max-accuracy-drop", "0.05")
+    assert code == 0
+    assert "speedup" in out and "top-1 accuracy" in out
+    assert "models:/digits-cli/1 (promoted: True)" in out
+    assert "mlflow ui --backend-store-uri sqlite:" in out
+
+    config = tmp_path / "strict.yaml"
+    config.write_text(
+        "model_uri: models:/digits-cnn@champion\nregistered_name: digits-cli\n"
+        "gates:\n  min_output_sqnr_db: 500\n"
+    )
+    code, line = _run(capsys, "convert", "--config", str(config))
+    assert code == EXIT_GATE_FAILED
+    assert line.startswith("quantstage: gate failed: digits-cli version 2 failed its gates (output SQNR")
+    assert "models:/digits-cli@champion was not moved" in line
+
+
+def test_negative_accuracy_budget_rejected(capsys) -> None:
+    code, line = _run(capsys, "convert", "models:/m@a", "--max-accuracy-drop", "-0.5")
+    assert code == EXIT_BAD_INPUT and "gates.max_accuracy_drop" in line
