@@ -21,6 +21,7 @@ def train_digits(experiment: str, epochs: int, seed: int) -> tuple[str, float]:
     """Train DigitsCNN on the digits training split, log it to MLflow; return (model URI, test accuracy)."""
     logger = run_logger()
     x_train, y_train, x_test, y_test = digits_split(seed=seed)
+    torch.manual_seed(seed)  # the initial weights too: the same seed gives the same model
     model = train_classifier(DigitsCNN(), x_train, y_train, epochs=epochs, seed=seed)
     with torch.no_grad():
         accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
