@@ -1,10 +1,11 @@
 """Small reference models: the demo's digits CNN.
 
+No ``from __future__ import annotations`` here: FX copies string annotations into the
+generated code (``x: _torch_Tensor_``), which ``torch.jit.script`` cannot resolve.
+
 Models logged to MLflow with the pickle format are rebuilt by importing their class, so
 demo models live in this importable package rather than in a flow file.
 """
-
-from __future__ import annotations
 
 import torch
 from torch import nn

@@ -43,9 +43,13 @@ def check_inputs_fit(model: torch.nn.Module, example_inputs: tuple[Any, ...]) ->
 class _ScopeTracer(torch.fx.Tracer):
     """A plain FX tracer that remembers which submodule it was inside when tracing failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, leaves: Sequence[str] = ()) -> None:
         super().__init__()
         self.stack: list[str] = []
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: torch.nn.Module, forward: Callable, args: Any, kwargs: Any) -> Any:
         name = self.path_of_module(m)
@@ -55,8 +59,8 @@ class _ScopeTracer(torch.fx.Tracer):
         return result
 
 
-def _failing_scope(model: torch.nn.Module) -> str | None:
-    tracer = _ScopeTracer()
+def _failing_scope(model: torch.nn.Module, leaves: Sequence[str] = ()) -> str | None:
+    tracer = _ScopeTracer(leaves)
     try:
         tracer.trace(model)
     except Exception:
@@ -76,10 +80,11 @@ def prepare(
                 float_model,
                 spec.qconfig_mapping(),
                 example_inputs,
+                prepare_custom_config=spec.prepare_custom_config(),
                 backend_config=spec.backend_config_object(),
             )
     except Exception as exc:
-        scope = _failing_scope(copy.deepcopy(model).eval())
+        scope = _failing_scope(copy.deepcopy(model).eval(), spec.skip_modules)
         if scope is None:  # plain tracing works: the failure is not a tracing one
             raise
         where = f"module {scope!r}" if scope else f"the root forward of {type(model).__name__}"
@@ -87,7 +92,7 @@ def prepare(
         raise TracingError(
             f"torch.fx cannot symbolically trace {type(model).__name__} (failed in {where}: "
             f"{first_line}); fix: make that forward free of data-dependent control flow, or keep "
-            f"the module out of tracing (skip it / mark it non-traceable)"
+            f"that module float and untraced with skip_modules=[{scope or '<module path>'!r}]"
         ) from exc
 
 

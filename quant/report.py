@@ -37,6 +37,8 @@ def render_report(
     promoted_alias: str | None = None,
 ) -> str:
     """Markdown report of one conversion."""
+    if not benchmarks:
+        raise ValueError("render_report needs at least one BenchmarkReport (the headline numbers)")
     passed = all(g.passed for g in gates)
     lines = [
         f"# quantstage: {source_uri}",

@@ -26,17 +26,6 @@ BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 Backend = Literal["x86", "fbgemm", "qnnpack", "onednn"]
 BackendConfigName = Literal["native", "x86", "fbgemm", "qnnpack", "onednn"]
 
-# Module types dynamic quantization applies to by default.
-_DYNAMIC_TYPES = (
-    torch.nn.Linear,
-    torch.nn.LSTM,
-    torch.nn.GRU,
-    torch.nn.LSTMCell,
-    torch.nn.GRUCell,
-    torch.nn.RNNCell,
-)
-
-
 def resolve_dotted(path: str) -> Any:
     """Resolve ``torch.nn.Linear`` / ``operator.add`` / ``pkg.mod:attr`` to the object."""
     if ":" in path:
@@ -52,7 +41,7 @@ def resolve_dotted(path: str) -> Any:
         module_name = ".".join(parts[:i])
         try:
             obj: Any = importlib.import_module(module_name)
-        except ImportError as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # "" and "." are not module names
             last_error = exc
             continue
         try:
@@ -82,14 +71,15 @@ class QuantSpec(BaseModel):
     mode: Literal["static", "dynamic"] = Field(
         "static",
         description="static: int8 weights and activations, calibrated on data; "
-        "dynamic: int8 weights, activations quantized on the fly (Linear/LSTM/GRU/RNNCell).",
+        "dynamic: int8 weights, activations quantized on the fly (Linear, LSTM, GRU, RNN cells).",
     )
     calibration_batches: int = Field(
         8, ge=1, description="Number of calibration batches run through the observers (static)."
     )
     skip_modules: tuple[str, ...] = Field(
         (),
-        description="Module paths kept in float: set_module_name(name, None).",
+        description="Module paths kept in float: set_module_name(name, None). They are also "
+        "left out of FX tracing, so a submodule torch.fx cannot trace can be skipped.",
     )
     skip_object_types: tuple[str, ...] = Field(
         (),
@@ -133,15 +123,28 @@ class QuantSpec(BaseModel):
         if self.mode == "static":
             mapping = _fx.get_default_qconfig_mapping(self.backend)
         else:
-            qconfig = torch.ao.quantization.default_dynamic_qconfig
-            mapping = _fx.QConfigMapping()
-            for module_type in _DYNAMIC_TYPES:
-                mapping.set_object_type(module_type, qconfig)
+            # A global dynamic qconfig, not per-type entries: prepare_fx fuses Linear+ReLU,
+            # Linear+BatchNorm1d, Conv+ReLU... and requires every type of a fused pattern to
+            # carry the same qconfig. Only what the BackendConfig supports dynamically
+            # (Linear, LSTM, GRU, RNN cells) is quantized; everything else stays float.
+            mapping = _fx.QConfigMapping().set_global(torch.ao.quantization.default_dynamic_qconfig)
+        backend_config = self.backend_config_object()
         for path in self.skip_object_types:
-            mapping.set_object_type(resolve_dotted(path), None)
+            obj = resolve_dotted(path)
+            mapping.set_object_type(obj, None)
+            # Fusion turns Linear+ReLU into LinearReLU (etc.), which would otherwise still get
+            # the global qconfig: skip the fused modules a skipped type starts.
+            for config in backend_config.configs:
+                pattern = config.pattern
+                if config.fused_module is not None and isinstance(pattern, tuple) and pattern[0] is obj:
+                    mapping.set_object_type(config.fused_module, None)
         for name in self.skip_modules:
             mapping.set_module_name(name, None)
         return mapping
+
+    def prepare_custom_config(self) -> Any:
+        """The PrepareCustomConfig for prepare_fx: skipped modules are not traced either."""
+        return _fx.PrepareCustomConfig().set_non_traceable_module_names(list(self.skip_modules))
 
     def backend_config_object(self) -> Any:
         """The torch BackendConfig named by ``backend_config``."""
