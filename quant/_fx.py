@@ -20,6 +20,8 @@ from torch.ao.quantization.backend_config import (
     get_onednn_backend_config,
     get_qnnpack_backend_config,
 )
+from torch.ao.quantization.backend_config.executorch import get_executorch_backend_config
+from torch.ao.quantization.backend_config.tensorrt import get_tensorrt_backend_config
 from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
 from torch.ao.quantization.fx.convert import convert as fx_convert
 from torch.ao.quantization.fx.custom_config import ConvertCustomConfig, PrepareCustomConfig
@@ -78,6 +80,8 @@ _BACKEND_CONFIGS = {
     "fbgemm": get_fbgemm_backend_config,
     "qnnpack": get_qnnpack_backend_config,
     "onednn": get_onednn_backend_config,
+    "executorch": get_executorch_backend_config,
+    "tensorrt": get_tensorrt_backend_config,
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.fx import GraphModule
@@ -153,24 +153,31 @@ def lower(
     *,
     keep_original_weights: bool = False,
     remove_qconfig: bool = True,
+    target: Literal["native", "reference"] = "native",
 ) -> GraphModule:
     """Lower a reference quantized model to the native quantized ops.
 
-    fbgemm, x86, qnnpack and onednn share this lowering. ``reference`` is not modified.
+    fbgemm, x86, qnnpack and onednn share this lowering. ``target="reference"`` skips the
+    lowering and returns the reference model, finalised like a converted one (qconfig
+    removed, unused submodules deleted), for compilers that consume reference models.
+    ``reference`` is not modified.
     """
     if not isinstance(reference, ReferenceModel):
         raise ConversionError(
             f"lower() takes the ReferenceModel returned by reference_convert(), "
             f"got {type(reference).__name__}"
         )
+    if target not in ("native", "reference"):
+        raise ConversionError(f"lower() target {target!r} is unknown; allowed: 'native', 'reference'")
     model = _copy_graph_module(reference.graph_module)
-    with _fx.fx_quiet():
-        model = _fx.lower_to_fbgemm(
-            model,
-            reference.node_name_to_qconfig,
-            reference.node_name_to_scope,
-            keep_original_weights,
-        )
+    if target == "native":
+        with _fx.fx_quiet():
+            model = _fx.lower_to_fbgemm(
+                model,
+                reference.node_name_to_qconfig,
+                reference.node_name_to_scope,
+                keep_original_weights,
+            )
     if remove_qconfig:
         _fx._remove_qconfig(model)
     model.delete_all_unused_submodules()

@@ -11,9 +11,9 @@ import torch
 from torch.fx import GraphModule
 
 from quant import _fx
-from quant.errors import DataError, TracingError
+from quant.errors import DataError, SpecError, TracingError
 from quant.sources import Batch
-from quant.spec import QuantSpec
+from quant.spec import QuantSpec, resolve_dotted
 
 __all__ = ["calibrate", "check_inputs_fit", "prepare"]
 
@@ -68,31 +68,88 @@ def _failing_scope(model: torch.nn.Module, leaves: Sequence[str] = ()) -> str | 
     return None
 
 
+def _standalone_inputs(
+    model: torch.nn.Module, example_inputs: tuple[Any, ...], names: Sequence[str]
+) -> dict[str, tuple[Any, ...]]:
+    """The positional inputs each named submodule receives in one forward of ``model``."""
+    captured: dict[str, tuple[Any, ...]] = {}
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise SpecError(
+            f"standalone module {missing[0]!r} is not a submodule of {type(model).__name__}; "
+            f"use a path from model.named_modules()"
+        )
+    hooks = [
+        modules[name].register_forward_pre_hook(lambda _m, args, name=name: captured.setdefault(name, args))
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: QuantSpec) -> Any:
+    config = spec.prepare_custom_config()
+    p = spec.prepare_custom
+    if not (p.standalone_module_names or p.standalone_module_classes):
+        return config
+    mapping, backend = spec.qconfig_mapping_object(), spec.backend_config_object()
+    classes = tuple(resolve_dotted(c) for c in p.standalone_module_classes)
+    by_class = [n for n, m in model.named_modules() if classes and isinstance(m, classes)]
+    inputs = _standalone_inputs(model, example_inputs, [*p.standalone_module_names, *by_class])
+    for name in p.standalone_module_names:
+        config.set_standalone_module_name(name, mapping, inputs[name], None, backend)
+    for cls in classes:
+        first = next((n for n in by_class if isinstance(dict(model.named_modules())[n], cls)), None)
+        if first is not None:
+            config.set_standalone_module_class(cls, mapping, inputs[first], None, backend)
+    return config
+
+
 def prepare(
     model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: QuantSpec
 ) -> GraphModule:
-    """``prepare_fx`` ``model`` (a copy, in eval mode) for ``spec``; tracing failures name the module."""
-    float_model = copy.deepcopy(model).eval()
+    """Prepare a copy of ``model`` for ``spec``; tracing failures name the module and the fix.
+
+    ``prepare_fx`` in eval mode, or ``prepare_qat_fx`` in train mode when ``spec.mode`` is qat.
+    """
+    qat = spec.mode == "qat"
+    float_model = copy.deepcopy(model).train(qat)
     torch.backends.quantized.engine = spec.backend
+    prepare_fn = _fx.prepare_qat_fx if qat else _fx.prepare_fx
     try:
+        custom = _prepare_custom_config(copy.deepcopy(model).eval(), example_inputs, spec)
         with _fx.fx_quiet():
-            return _fx.prepare_fx(
+            return prepare_fn(
                 float_model,
-                spec.qconfig_mapping(),
+                spec.qconfig_mapping_object(),
                 example_inputs,
-                prepare_custom_config=spec.prepare_custom_config(),
+                prepare_custom_config=custom,
                 backend_config=spec.backend_config_object(),
             )
+    except SpecError:
+        raise
     except Exception as exc:
-        scope = _failing_scope(copy.deepcopy(model).eval(), spec.skip_modules)
+        leaves = [*spec.skip_modules, *spec.prepare_custom.non_traceable_module_names]
+        scope = _failing_scope(copy.deepcopy(model).eval(), leaves)
         if scope is None:  # plain tracing works: the failure is not a tracing one
             raise
         where = f"module {scope!r}" if scope else f"the root forward of {type(model).__name__}"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fix = (
+            f"keep that module float and untraced with prepare_custom.non_traceable_module_names: "
+            f"[{scope!r}] (or skip_modules: [{scope!r}])"
+            if scope
+            else "make the root forward traceable, or quantize its traceable submodules"
+        )
         raise TracingError(
             f"torch.fx cannot symbolically trace {type(model).__name__} (failed in {where}: "
-            f"{first_line}); fix: make that forward free of data-dependent control flow, or keep "
-            f"that module float and untraced with skip_modules=[{scope or '<module path>'!r}]"
+            f"{first_line}); fix: make that forward free of data-dependent control flow, or {fix}"
         ) from exc
 
 

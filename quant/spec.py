@@ -1,8 +1,11 @@
 """QuantSpec: what to quantize and how, as data; the torch configs are built from it here.
 
-A spec is a frozen pydantic model (``extra="forbid"``), loadable from YAML or JSON. The
-torch objects ``convert_fx`` takes — ``QConfigMapping``, ``BackendConfig``,
-``ConvertCustomConfig`` — are built from it in this one module.
+A spec is a frozen pydantic model (``extra="forbid"``), loadable from YAML or JSON. Every
+argument of ``convert_fx`` — ``qconfig_mapping``, ``convert_custom_config``,
+``_remove_qconfig``, ``backend_config``, ``keep_original_weights`` — and the prepare-time
+configuration it depends on are reachable from it, and the torch objects
+(``QConfigMapping``, ``BackendConfig``, ``PrepareCustomConfig``, ``ConvertCustomConfig``)
+are built from it in this one module.
 """
 
 from __future__ import annotations
@@ -13,18 +16,32 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quant import _fx
 from quant.errors import SpecError
+from quant.qconfig import QConfigMappingSpec, QConfigOverride, check_convert_mapping
 
-__all__ = ["BACKENDS", "QuantSpec", "load_spec", "resolve_dotted"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CONFIG_NAMES",
+    "ConvertCustomSpec",
+    "PrepareCustomSpec",
+    "QuantSpec",
+    "load_spec",
+    "resolve_dotted",
+]
 
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 Backend = Literal["x86", "fbgemm", "qnnpack", "onednn"]
-BackendConfigName = Literal["native", "x86", "fbgemm", "qnnpack", "onednn"]
+Mode = Literal["static", "dynamic", "float16", "qat"]
+QuantType = Literal["static", "dynamic", "weight_only"]
+BACKEND_CONFIG_NAMES = ("native", "x86", "fbgemm", "qnnpack", "onednn", "executorch", "tensorrt")
+
+# mode -> the QConfigMapping preset it implies
+_MODE_PRESET = {"static": "static", "dynamic": "dynamic", "float16": "float16", "qat": "qat"}
+
 
 def resolve_dotted(path: str) -> Any:
     """Resolve ``torch.nn.Linear`` / ``operator.add`` / ``pkg.mod:attr`` to the object."""
@@ -57,10 +74,74 @@ def resolve_dotted(path: str) -> Any:
     )
 
 
-class QuantSpec(BaseModel):
-    """How to quantize one model with FX graph mode quantization."""
+def _resolve_all(paths: tuple[str, ...] | list[str]) -> None:
+    for path in paths:
+        resolve_dotted(path)
+
+
+class _Spec(BaseModel):
+    """Frozen, closed, and hashable by content (dict fields included)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json())
+
+
+class PrepareCustomSpec(_Spec):
+    """``PrepareCustomConfig``: what prepare_fx must not trace, treat apart, or keep."""
+
+    non_traceable_module_names: tuple[str, ...] = Field(
+        (), description="Module paths FX calls as leaves without tracing into them (they stay float)."
+    )
+    non_traceable_module_classes: tuple[str, ...] = Field(
+        (), description="Module classes (dotted paths) FX does not trace into (they stay float)."
+    )
+    standalone_module_names: tuple[str, ...] = Field(
+        (), description="Module paths prepared and converted as standalone units, with this spec's "
+        "qconfig mapping; their example inputs are captured from a forward of the whole model.",
+    )
+    standalone_module_classes: tuple[str, ...] = Field(
+        (), description="Module classes (dotted paths) handled as standalone units."
+    )
+    preserved_attributes: tuple[str, ...] = Field(
+        (), description="Attributes of the root module that survive prepare (and convert)."
+    )
+    float_to_observed: dict[QuantType, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Custom modules: per quant type, float class path -> observed class path "
+        "(the observed class needs from_float).",
+    )
+
+    @model_validator(mode="after")
+    def _paths_resolve(self) -> PrepareCustomSpec:
+        _resolve_all(self.non_traceable_module_classes)
+        _resolve_all(self.standalone_module_classes)
+        for mapping in self.float_to_observed.values():
+            _resolve_all(list(mapping) + list(mapping.values()))
+        return self
+
+
+class ConvertCustomSpec(_Spec):
+    """``ConvertCustomConfig``: custom observed → quantized modules and preserved attributes."""
+
+    observed_to_quantized: dict[QuantType, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per quant type, observed class path -> quantized class path (needs from_observed).",
+    )
+    preserved_attributes: tuple[str, ...] = Field(
+        (), description="Attributes of the root module that survive convert."
+    )
+
+    @model_validator(mode="after")
+    def _paths_resolve(self) -> ConvertCustomSpec:
+        for mapping in self.observed_to_quantized.values():
+            _resolve_all(list(mapping) + list(mapping.values()))
+        return self
+
+
+class QuantSpec(_Spec):
+    """How to quantize one model with FX graph mode quantization (every convert_fx argument)."""
 
     version: Literal[1] = Field(1, description="Schema version of this spec.")
     backend: Backend = Field(
@@ -68,29 +149,47 @@ class QuantSpec(BaseModel):
         description="Quantized engine the model targets; picks the default qconfigs "
         "and torch.backends.quantized.engine.",
     )
-    mode: Literal["static", "dynamic"] = Field(
+    mode: Mode = Field(
         "static",
-        description="static: int8 weights and activations, calibrated on data; "
-        "dynamic: int8 weights, activations quantized on the fly (Linear, LSTM, GRU, RNN cells).",
+        description="static: int8 weights and activations, calibrated on data; dynamic: int8 "
+        "weights, activations quantized on the fly (Linear, LSTM, GRU, RNN cells); float16: "
+        "fp16 weights (Linear, LSTM, GRU); qat: a prepare_qat_fx model trained elsewhere, "
+        "converted without recalibration.",
     )
     calibration_batches: int = Field(
         8, ge=1, description="Number of calibration batches run through the observers (static)."
     )
+    qconfig_mapping: QConfigMappingSpec | None = Field(
+        None,
+        description="Prepare-time QConfigMapping: a preset and ordered overrides. Default: the "
+        "preset the mode implies, no overrides.",
+    )
     skip_modules: tuple[str, ...] = Field(
         (),
-        description="Module paths kept in float: set_module_name(name, None). They are also "
-        "left out of FX tracing, so a submodule torch.fx cannot trace can be skipped.",
+        description="Shorthand, applied after qconfig_mapping: module paths kept float "
+        "(set_module_name(name, None)).",
     )
     skip_object_types: tuple[str, ...] = Field(
         (),
-        description="Module classes, functions or ops kept in float, by dotted path "
-        "(e.g. 'torch.nn.Linear', 'torch.nn.functional.linear', 'operator.add'): "
-        "set_object_type(obj, None).",
+        description="Shorthand, applied after qconfig_mapping: module classes, functions or ops "
+        "kept float by dotted path ('torch.nn.Linear', 'torch.nn.functional.linear', "
+        "'operator.add'), including the fused modules they start (LinearReLU, ...).",
     )
-    backend_config: BackendConfigName = Field(
+    convert_qconfig_mapping: QConfigMappingSpec | None = Field(
+        None,
+        description="convert_fx qconfig_mapping: every prepare-time key with the same qconfig or "
+        "null (skip at convert), extra keys only with null. Default: none (use prepare's).",
+    )
+    prepare_custom: PrepareCustomSpec = Field(
+        default_factory=PrepareCustomSpec, description="prepare_fx prepare_custom_config."
+    )
+    convert_custom: ConvertCustomSpec = Field(
+        default_factory=ConvertCustomSpec, description="convert_fx convert_custom_config."
+    )
+    backend_config: str = Field(
         "native",
-        description="Which BackendConfig torch uses to pattern-match at prepare and convert "
-        "('native' is torch's default for prepare_fx/convert_fx).",
+        description="BackendConfig for prepare and convert: native (torch's default), x86, fbgemm, "
+        "qnnpack, onednn, executorch, tensorrt, or 'module:factory' for a custom one.",
     )
     keep_original_weights: bool = Field(
         False, description="convert_fx keep_original_weights: keep float weights on lowered modules."
@@ -98,12 +197,16 @@ class QuantSpec(BaseModel):
     remove_qconfig: bool = Field(
         True, description="convert_fx _remove_qconfig: drop qconfig attributes after convert."
     )
+    strict_skips: bool = Field(
+        False,
+        description="A skip (module name, regex or object type set to null) that matches nothing in "
+        "the traced model is an error instead of a warning.",
+    )
 
     @field_validator("skip_object_types")
     @classmethod
     def _object_types_resolve(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for path in value:
-            resolve_dotted(path)
+        _resolve_all(value)
         return value
 
     @field_validator("skip_modules")
@@ -117,38 +220,96 @@ class QuantSpec(BaseModel):
                 )
         return value
 
+    @field_validator("backend_config")
+    @classmethod
+    def _known_backend_config(cls, value: str) -> str:
+        if value in BACKEND_CONFIG_NAMES:
+            return value
+        if ":" not in value:
+            raise ValueError(
+                f"backend_config {value!r} is unknown; allowed: {', '.join(BACKEND_CONFIG_NAMES)}, "
+                f"or 'module:factory' returning a torch BackendConfig"
+            )
+        resolve_dotted(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantSpec:
+        if self.qconfig_mapping is not None:
+            allowed = {_MODE_PRESET[self.mode], "none"}
+            if self.qconfig_mapping.preset not in allowed:
+                raise ValueError(
+                    f"qconfig_mapping.preset {self.qconfig_mapping.preset!r} contradicts mode {self.mode!r}; "
+                    f"use preset {_MODE_PRESET[self.mode]!r} (or 'none'), or change mode"
+                )
+        if self.convert_qconfig_mapping is not None:
+            try:
+                check_convert_mapping(self.qconfig_mapping_object(), self.convert_qconfig_mapping_object())
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
     # -- torch objects built from the spec -------------------------------------------------
-    def qconfig_mapping(self) -> Any:
-        """The QConfigMapping for prepare_fx (skips set to ``None``)."""
-        if self.mode == "static":
-            mapping = _fx.get_default_qconfig_mapping(self.backend)
-        else:
-            # A global dynamic qconfig, not per-type entries: prepare_fx fuses Linear+ReLU,
-            # Linear+BatchNorm1d, Conv+ReLU... and requires every type of a fused pattern to
-            # carry the same qconfig. Only what the BackendConfig supports dynamically
-            # (Linear, LSTM, GRU, RNN cells) is quantized; everything else stays float.
-            mapping = _fx.QConfigMapping().set_global(torch.ao.quantization.default_dynamic_qconfig)
-        backend_config = self.backend_config_object()
-        for path in self.skip_object_types:
-            obj = resolve_dotted(path)
-            mapping.set_object_type(obj, None)
-            # Fusion turns Linear+ReLU into LinearReLU (etc.), which would otherwise still get
-            # the global qconfig: skip the fused modules a skipped type starts.
-            for config in backend_config.configs:
-                pattern = config.pattern
-                if config.fused_module is not None and isinstance(pattern, tuple) and pattern[0] is obj:
-                    mapping.set_object_type(config.fused_module, None)
-        for name in self.skip_modules:
-            mapping.set_module_name(name, None)
+    def mapping_spec(self) -> QConfigMappingSpec:
+        """The prepare-time mapping as data, with the skip shorthands appended as overrides."""
+        base = self.qconfig_mapping or QConfigMappingSpec(preset=_MODE_PRESET[self.mode])
+        skips = [QConfigOverride(set="object_type", key=p, qconfig=None) for p in self.skip_object_types]
+        skips += [QConfigOverride(set="module_name", key=n, qconfig=None) for n in self.skip_modules]
+        return QConfigMappingSpec(preset=base.preset, overrides=(*base.overrides, *skips))
+
+    def qconfig_mapping_object(self) -> Any:
+        """The QConfigMapping for prepare_fx / prepare_qat_fx."""
+        mapping = self.mapping_spec().build(self.backend)
+        _skip_fused_forms(mapping, self.backend_config_object())
+        return mapping
+
+    def convert_qconfig_mapping_object(self) -> Any | None:
+        """The convert-time QConfigMapping for convert_fx, or None (use prepare's)."""
+        if self.convert_qconfig_mapping is None:
+            return None
+        mapping = self.convert_qconfig_mapping.build(self.backend)
+        _skip_fused_forms(mapping, self.backend_config_object())
         return mapping
 
     def prepare_custom_config(self) -> Any:
-        """The PrepareCustomConfig for prepare_fx: skipped modules are not traced either."""
-        return _fx.PrepareCustomConfig().set_non_traceable_module_names(list(self.skip_modules))
+        """The PrepareCustomConfig (standalone modules need example inputs: see quant.prepare)."""
+        p = self.prepare_custom
+        config = _fx.PrepareCustomConfig()
+        # Skipped modules are left untraced too: a submodule FX cannot trace can be skipped.
+        untraced = list(dict.fromkeys([*p.non_traceable_module_names, *self.skip_modules]))
+        config.set_non_traceable_module_names(untraced)
+        config.set_non_traceable_module_classes([resolve_dotted(c) for c in p.non_traceable_module_classes])
+        config.set_preserved_attributes(list(p.preserved_attributes))
+        for quant_type, mapping in p.float_to_observed.items():
+            for float_cls, observed_cls in mapping.items():
+                config.set_float_to_observed_mapping(
+                    resolve_dotted(float_cls), resolve_dotted(observed_cls), _quant_type(quant_type)
+                )
+        return config
+
+    def convert_custom_config(self) -> Any:
+        """The ConvertCustomConfig for convert_fx."""
+        c = self.convert_custom
+        config = _fx.ConvertCustomConfig()
+        config.set_preserved_attributes(list(c.preserved_attributes))
+        for quant_type, mapping in c.observed_to_quantized.items():
+            for observed_cls, quantized_cls in mapping.items():
+                config.set_observed_to_quantized_mapping(
+                    resolve_dotted(observed_cls), resolve_dotted(quantized_cls), _quant_type(quant_type)
+                )
+        return config
 
     def backend_config_object(self) -> Any:
         """The torch BackendConfig named by ``backend_config``."""
-        return _fx.backend_config_for(self.backend_config)
+        if self.backend_config in BACKEND_CONFIG_NAMES:
+            return _fx.backend_config_for(self.backend_config)
+        config = resolve_dotted(self.backend_config)()
+        if not isinstance(config, _fx.BackendConfig):
+            raise SpecError(
+                f"backend_config factory {self.backend_config!r} returned {type(config).__name__}, "
+                f"not a torch BackendConfig"
+            )
+        return config
 
     # -- serialisation ------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -160,11 +321,38 @@ class QuantSpec(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def as_params(self) -> dict[str, str]:
-        """Flat ``spec.<field>`` strings for experiment-tracker params."""
-        return {
-            f"spec.{key}": ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-            for key, value in self.model_dump(mode="json").items()
-        }
+        """Flat ``spec.<field>`` strings for experiment-tracker params (nested parts as JSON)."""
+        params = {}
+        for key, value in self.model_dump(mode="json").items():
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                params[f"spec.{key}"] = ",".join(value)
+            elif isinstance(value, (dict, list)):
+                params[f"spec.{key}"] = json.dumps(value, sort_keys=True)[:6000]
+            else:
+                params[f"spec.{key}"] = str(value)
+        return params
+
+
+def _quant_type(name: str) -> Any:
+    from torch.ao.quantization.quant_type import QuantType as TorchQuantType
+
+    return {"static": TorchQuantType.STATIC, "dynamic": TorchQuantType.DYNAMIC,
+            "weight_only": TorchQuantType.WEIGHT_ONLY}[name]
+
+
+def _skip_fused_forms(mapping: Any, backend_config: Any) -> None:
+    """A type skipped with ``None`` also skips the fused modules its patterns start.
+
+    Fusion turns Linear+ReLU into LinearReLU (and so on), which would otherwise still get
+    the global qconfig and be quantized although its Linear was asked to stay float.
+    """
+    skipped = [t for t, q in mapping.object_type_qconfigs.items() if q is None and isinstance(t, type)]
+    for obj in skipped:
+        for config in backend_config.configs:
+            pattern = config.pattern
+            if config.fused_module is not None and isinstance(pattern, tuple) and pattern[0] is obj:
+                if config.fused_module not in mapping.object_type_qconfigs:
+                    mapping.set_object_type(config.fused_module, None)
 
 
 def load_spec(path: str | Path) -> QuantSpec:
@@ -182,10 +370,12 @@ def load_spec(path: str | Path) -> QuantSpec:
     try:
         return QuantSpec.model_validate(data or {})
     except ValidationError as exc:
-        raise SpecError(f"spec file {str(path)!r} is invalid: {_first_error(exc)}") from exc
+        raise SpecError(f"spec file {str(path)!r} is invalid: {first_error(exc)}") from exc
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """One line for the first error of a pydantic ValidationError: where, what, what was given."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "<root>"
-    return f"{where}: {err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg} (got {err.get('input')!r})"

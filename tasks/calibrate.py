@@ -21,8 +21,8 @@ def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec) -> Grap
     """Prepare ``model`` for ``spec`` and calibrate its observers (static mode)."""
     logger = run_logger()
     prepared = prepare(model, dataset.example_inputs, spec)
-    if spec.mode == "dynamic":
-        logger.info("dynamic mode: no activation calibration needed")
+    if spec.mode != "static":
+        logger.info("%s mode: no activation calibration needed", spec.mode)
         return prepared
     step = max(1, spec.calibration_batches // 4)
 

@@ -46,7 +46,7 @@ def test_console_script_rejects_unknown_backend_without_traceback() -> None:
     ("argv", "pattern"),
     [
         (["convert", "digits-cnn"], r"model_uri 'digits-cnn' is not of a supported form; use models:/"),
-        (["convert", "models:/m@a", "--mode", "int4"], r"spec\.mode: .*'static' or 'dynamic'.*'int4'"),
+        (["convert", "models:/m@a", "--mode", "int4"], r"spec\.mode: .*'static', 'dynamic', 'float16' or 'qat'.*'int4'"),
         (["convert", "models:/m@a", "--calibration-batches", "0"], r"spec\.calibration_batches: .*greater than or equal to 1"),
         (["convert", "models:/m@a", "--skip-object-type", "torch.nn.Lineer"], r"cannot resolve 'torch\.nn\.Lineer'"),
         (["convert", "--config", "/nonexistent/params.yaml"], r"config file '/nonexistent/params.yaml' does not exist"),

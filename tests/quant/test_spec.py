@@ -92,7 +92,7 @@ def test_unknown_field_rejected() -> None:
         ({"mode": "weight_only"}, "mode"),
         ({"calibration_batches": 0}, "calibration_batches"),
         ({"version": 2}, "version"),
-        ({"backend_config": "tensorrt"}, "backend_config"),
+        ({"backend_config": "tensorrt-llm"}, "backend_config"),
     ],
     ids=["backend", "mode", "calibration_batches", "version", "backend_config"],
 )
@@ -235,7 +235,7 @@ def test_resolve_dotted_relative_path_is_a_spec_error() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=list(BACKENDS))
 def test_static_qconfig_mapping_has_a_global_qconfig(backend: str) -> None:
-    mapping = QuantSpec(backend=backend).qconfig_mapping()
+    mapping = QuantSpec(backend=backend).qconfig_mapping_object()
     assert mapping.global_qconfig is not None
     assert nn.Linear not in mapping.object_type_qconfigs
     assert len(mapping.module_name_qconfigs) == 0
@@ -246,7 +246,7 @@ def test_skips_map_to_none() -> None:
         skip_modules=("head", "features.0"),
         skip_object_types=("torch.nn.Linear", "torch.nn.functional.linear", "operator.add"),
     )
-    mapping = spec.qconfig_mapping()
+    mapping = spec.qconfig_mapping_object()
     assert dict(mapping.module_name_qconfigs) == {"head": None, "features.0": None}
     for obj in (nn.Linear, F.linear, operator.add):
         assert obj in mapping.object_type_qconfigs, obj
@@ -261,7 +261,7 @@ def _qconfig_for(mapping, object_type: object):
 
 @pytest.mark.parametrize("module_type", [nn.Linear, nn.LSTM], ids=["Linear", "LSTM"])
 def test_dynamic_maps_module_types_to_a_dynamic_qconfig(module_type: type) -> None:
-    qconfig = _qconfig_for(QuantSpec(mode="dynamic").qconfig_mapping(), module_type)
+    qconfig = _qconfig_for(QuantSpec(mode="dynamic").qconfig_mapping_object(), module_type)
     assert qconfig is torch.ao.quantization.default_dynamic_qconfig
     assert qconfig.activation().is_dynamic
 
@@ -269,13 +269,13 @@ def test_dynamic_maps_module_types_to_a_dynamic_qconfig(module_type: type) -> No
 @pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS, ids=list(BACKENDS))
 def test_static_qconfig_is_not_dynamic(backend: str) -> None:
-    qconfig = _qconfig_for(QuantSpec(backend=backend).qconfig_mapping(), nn.Linear)
+    qconfig = _qconfig_for(QuantSpec(backend=backend).qconfig_mapping_object(), nn.Linear)
     assert qconfig is not None
     assert not getattr(qconfig.activation(), "is_dynamic", False)
 
 
 def test_dynamic_skip_overrides_the_dynamic_qconfig() -> None:
-    mapping = QuantSpec(mode="dynamic", skip_object_types=("torch.nn.Linear",), skip_modules=("rnn",)).qconfig_mapping()
+    mapping = QuantSpec(mode="dynamic", skip_object_types=("torch.nn.Linear",), skip_modules=("rnn",)).qconfig_mapping_object()
     assert mapping.object_type_qconfigs[nn.Linear] is None
     assert _qconfig_for(mapping, nn.LSTM) is torch.ao.quantization.default_dynamic_qconfig
     assert dict(mapping.module_name_qconfigs) == {"rnn": None}
@@ -283,9 +283,9 @@ def test_dynamic_skip_overrides_the_dynamic_qconfig() -> None:
 
 def test_qconfig_mapping_is_fresh_each_call() -> None:
     spec = QuantSpec(skip_modules=("head",))
-    first = spec.qconfig_mapping()
+    first = spec.qconfig_mapping_object()
     first.set_module_name("other", None)
-    assert dict(spec.qconfig_mapping().module_name_qconfigs) == {"head": None}
+    assert dict(spec.qconfig_mapping_object().module_name_qconfigs) == {"head": None}
 
 
 @pytest.mark.parametrize("name", ["native", *BACKENDS], ids=["native", *BACKENDS])

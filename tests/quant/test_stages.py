@@ -385,7 +385,7 @@ def test_prepare_tracing_error_names_the_module(model: nn.Module, where: str) ->
 
 
 def test_tracing_error_suggests_the_exact_skip() -> None:
-    with pytest.raises(TracingError, match=re.escape("skip_modules=['layers.1']")):
+    with pytest.raises(TracingError, match=re.escape("prepare_custom.non_traceable_module_names: ['layers.1'] (or skip_modules: ['layers.1'])")):
         prepare(NestedDataDependent(), (torch.randn(4, 8),), QuantSpec())
 
 

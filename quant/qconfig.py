@@ -1,0 +1,232 @@
+"""QConfigMapping as data: a preset plus ordered overrides, and the convert-time rule.
+
+```yaml
+qconfig_mapping:
+  preset: static                  # static | qat | dynamic | float16 | none
+  overrides:                      # applied in order, exactly like the QConfigMapping setters
+    - {set: object_type, key: torch.nn.functional.add, qconfig: null}   # skip (the seed's example)
+    - {set: module_name, key: foo.bar, qconfig: null}
+    - {set: module_name_regex, key: "features\\.[0-3]", qconfig: null}
+    - {set: module_name_object_type_order, key: "", object_type: torch.add, index: 0, qconfig: null}
+    - {set: global, qconfig: default}
+```
+
+A ``qconfig`` is a named preset (below) or ``null``, which skips quantization.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quant import _fx
+from quant.errors import SpecError
+
+__all__ = [
+    "MAPPING_PRESETS",
+    "QCONFIG_PRESETS",
+    "QConfigMappingSpec",
+    "QConfigOverride",
+    "check_convert_mapping",
+    "qconfig_for",
+]
+
+QConfigName = Literal[
+    "default", "qat", "per_tensor", "dynamic", "per_channel_dynamic", "float16_dynamic",
+    "float16_static", "weight_only",
+]
+MappingPreset = Literal["static", "qat", "dynamic", "float16", "none"]
+SetKind = Literal["global", "object_type", "module_name", "module_name_regex", "module_name_object_type_order"]
+
+_qc = torch.ao.quantization
+# name -> factory(backend) of a torch QConfig.
+QCONFIG_PRESETS: dict[str, Callable[[str], Any]] = {
+    "default": lambda backend: _qc.get_default_qconfig(backend),
+    "qat": lambda backend: _qc.get_default_qat_qconfig(backend),
+    "per_tensor": lambda backend: _qc.default_qconfig,
+    "dynamic": lambda backend: _qc.default_dynamic_qconfig,
+    "per_channel_dynamic": lambda backend: _qc.per_channel_dynamic_qconfig,
+    "float16_dynamic": lambda backend: _qc.float16_dynamic_qconfig,
+    "float16_static": lambda backend: _qc.float16_static_qconfig,
+    "weight_only": lambda backend: _qc.float_qparams_weight_only_qconfig,
+}
+
+
+def _global_mapping(qconfig: Any) -> Any:
+    return _fx.QConfigMapping().set_global(qconfig)
+
+
+# preset -> factory(backend) of a torch QConfigMapping.
+MAPPING_PRESETS: dict[str, Callable[[str], Any]] = {
+    "static": lambda backend: _fx.get_default_qconfig_mapping(backend),
+    "qat": lambda backend: _fx.get_default_qat_qconfig_mapping(backend),
+    # Global, not per-type: prepare_fx fuses Linear+ReLU etc. and needs one qconfig across a
+    # fused pattern. Only what the BackendConfig supports dynamically gets quantized.
+    "dynamic": lambda backend: _global_mapping(_qc.default_dynamic_qconfig),
+    "float16": lambda backend: _global_mapping(_qc.float16_dynamic_qconfig),
+    "none": lambda backend: _fx.QConfigMapping(),
+}
+
+
+def qconfig_for(name: str | None, backend: str) -> Any:
+    """The torch QConfig a preset name stands for (``None`` stays ``None``: skip)."""
+    return None if name is None else QCONFIG_PRESETS[name](backend)
+
+
+def _resolve(path: str) -> Any:
+    from quant.spec import resolve_dotted
+
+    return resolve_dotted(path)
+
+
+class QConfigOverride(BaseModel):
+    """One QConfigMapping setter call: ``set_<set>(key[, object_type, index], qconfig)``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    set: SetKind = Field(description="Which QConfigMapping setter this entry calls.")
+    key: str = Field(
+        "",
+        description="object_type: dotted path of a module class, function or op; module_name(_regex): "
+        "module path or regex; module_name_object_type_order: the module path. Unused for global.",
+    )
+    object_type: str | None = Field(None, description="module_name_object_type_order only: dotted type/function.")
+    index: int | None = Field(None, ge=0, description="module_name_object_type_order only: call order index.")
+    qconfig: QConfigName | None = Field(description="Named qconfig preset, or null to skip quantizing.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> QConfigOverride:
+        if self.set == "object_type":
+            if not self.key:
+                raise ValueError("an object_type override needs key: a dotted path such as 'torch.nn.Linear'")
+            _resolve(self.key)
+        elif self.set == "module_name_regex":
+            try:
+                re.compile(self.key)
+            except re.error as exc:
+                raise ValueError(f"module_name_regex {self.key!r} is not a valid regex: {exc}") from None
+        elif self.set == "module_name_object_type_order":
+            if self.object_type is None or self.index is None:
+                raise ValueError(
+                    "a module_name_object_type_order override needs key (module path), "
+                    "object_type (dotted path) and index (call order)"
+                )
+            _resolve(self.object_type)
+        elif self.set == "global" and self.key:
+            raise ValueError(f"a global override takes no key (got {self.key!r})")
+        if self.set != "module_name_object_type_order" and (self.object_type is not None or self.index is not None):
+            raise ValueError("object_type and index belong only to module_name_object_type_order overrides")
+        return self
+
+    def apply(self, mapping: Any, backend: str) -> None:
+        qconfig = qconfig_for(self.qconfig, backend)
+        if self.set == "global":
+            mapping.set_global(qconfig)
+        elif self.set == "object_type":
+            mapping.set_object_type(_resolve(self.key), qconfig)
+        elif self.set == "module_name":
+            mapping.set_module_name(self.key, qconfig)
+        elif self.set == "module_name_regex":
+            mapping.set_module_name_regex(self.key, qconfig)
+        else:
+            mapping.set_module_name_object_type_order(self.key, _resolve(self.object_type), self.index, qconfig)
+
+    def describe(self) -> str:
+        if self.set == "global":
+            return "global"
+        if self.set == "module_name_object_type_order":
+            return f"module_name_object_type_order ({self.key!r}, {self.object_type}, {self.index})"
+        return f"{self.set} {self.key!r}"
+
+
+class QConfigMappingSpec(BaseModel):
+    """A QConfigMapping: a preset, then overrides applied in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: MappingPreset = Field(
+        "static",
+        description="Starting mapping: static = get_default_qconfig_mapping(backend), qat = "
+        "get_default_qat_qconfig_mapping(backend), dynamic = global dynamic int8, float16 = "
+        "global float16 dynamic (weight-only fp16), none = empty.",
+    )
+    overrides: tuple[QConfigOverride, ...] = Field((), description="Setter calls applied in order.")
+
+    def build(self, backend: str) -> Any:
+        mapping = MAPPING_PRESETS[self.preset](backend)
+        for override in self.overrides:
+            override.apply(mapping, backend)
+        return mapping
+
+
+def _name(key: Any) -> str:
+    if isinstance(key, str):
+        return repr(key)
+    module = (getattr(key, "__module__", None) or "").removeprefix("_")
+    qualname = getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or repr(key)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _show(qconfig: Any) -> str:
+    if qconfig is None:
+        return "None"
+    act = getattr(qconfig.activation, "p", None)
+    weight = getattr(qconfig.weight, "p", None)
+    act_name = getattr(getattr(act, "func", act), "__name__", repr(qconfig.activation))
+    weight_name = getattr(getattr(weight, "func", weight), "__name__", repr(qconfig.weight))
+    return f"QConfig(activation={act_name}, weight={weight_name})"
+
+
+def check_convert_mapping(prepare_mapping: Any, convert_mapping: Any) -> None:
+    """Raise SpecError unless ``convert_mapping`` is a valid convert-time mapping for ``prepare_mapping``.
+
+    The rule (convert_fx's documentation): every key of the prepare-time mapping is present
+    with the same qconfig or ``None``; extra keys are allowed only with ``None``.
+    """
+    from torch.ao.quantization.qconfig import qconfig_equals
+
+    rule = (
+        "rule: a convert-time qconfig_mapping keeps every prepare-time key with the same qconfig "
+        "or null (skip), and may add keys only with null"
+    )
+    if not qconfig_equals(prepare_mapping.global_qconfig, convert_mapping.global_qconfig) and not (
+        prepare_mapping.global_qconfig is None and convert_mapping.global_qconfig is None
+    ):
+        raise SpecError(
+            f"convert-time qconfig_mapping changes the global qconfig: prepare {_show(prepare_mapping.global_qconfig)}, "
+            f"convert {_show(convert_mapping.global_qconfig)}; the global qconfig must stay the same "
+            f"(skip parts with null overrides instead); {rule}"
+        )
+    tables = [
+        ("object_type", prepare_mapping.object_type_qconfigs, convert_mapping.object_type_qconfigs),
+        ("module_name", prepare_mapping.module_name_qconfigs, convert_mapping.module_name_qconfigs),
+        ("module_name_regex", prepare_mapping.module_name_regex_qconfigs, convert_mapping.module_name_regex_qconfigs),
+        (
+            "module_name_object_type_order",
+            prepare_mapping.module_name_object_type_order_qconfigs,
+            convert_mapping.module_name_object_type_order_qconfigs,
+        ),
+    ]
+    for kind, before, after in tables:
+        for key, value in before.items():
+            if key not in after:
+                raise SpecError(
+                    f"convert-time qconfig_mapping lacks {kind} {_name(key)} (prepare: {_show(value)}); "
+                    f"fix: add it with the same qconfig or null; {rule}"
+                )
+            new = after[key]
+            if new is not None and not qconfig_equals(value, new):
+                raise SpecError(
+                    f"convert-time qconfig_mapping changes {kind} {_name(key)}: prepare {_show(value)}, "
+                    f"convert {_show(new)}; fix: use the prepare-time qconfig or null; {rule}"
+                )
+        for key, new in after.items():
+            if key not in before and new is not None:
+                raise SpecError(
+                    f"convert-time qconfig_mapping adds {kind} {_name(key)} with {_show(new)}, which was not "
+                    f"in the prepare-time mapping; fix: set it to null (skip) or add it at prepare; {rule}"
+                )
