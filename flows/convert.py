@@ -18,9 +18,9 @@ from quant.report import render_report
 from quant.sources import DataSpec
 from quant.spec import QuantSpec
 from tasks.benchmark import benchmark_model
-from tasks.calibrate import calibrate
-from tasks.export import export_model
-from tasks.load import load_data, load_model
+from tasks.calibrate import calibrate, load_qat
+from tasks.export import export_model, export_reference
+from tasks.load import fetch_file, load_data, load_model
 from tasks.lower import lower
 from tasks.reference_convert import reference_convert
 from tasks.report import publish_report
@@ -54,6 +54,12 @@ class ConvertParams(BaseModel):
     experiment: str = Field("quantstage", description="MLflow experiment of the conversion run.")
     benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model and batch size.")
     benchmark_threads: int = Field(1, ge=1, description="torch intra-op threads while benchmarking.")
+    qat_checkpoint: str | None = Field(
+        None,
+        description="A model trained with prepare_qat_fx elsewhere: path or MLflow artifact URI of a "
+        "quantstage QAT checkpoint (state_dict + the spec that prepared it); converted without "
+        "recalibration, with the checkpoint's spec.",
+    )
 
     @field_validator("model_uri")
     @classmethod
@@ -113,12 +119,16 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
         },
     )
     try:
-        prepared = calibrate(source.model, dataset, spec)
+        if params.qat_checkpoint:
+            prepared, spec = load_qat(source.model, dataset, fetch_file(params.qat_checkpoint), spec)
+        else:
+            prepared = calibrate(source.model, dataset, spec)
         reference = reference_convert(prepared, spec)
         quantized = lower(reference, spec)
         accuracy = validate_accuracy(source.model, quantized, dataset)
         with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
             artifact = export_model(quantized, dataset, work_dir)
+            reference_artifact = export_reference(reference, dataset, work_dir)
             benchmarks = benchmark_model(
                 source.model, artifact.module, dataset,
                 iterations=params.benchmark_iterations,
@@ -151,12 +161,13 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "report.md": report,
                     "spec.json": spec.to_json(),
                     "params.json": params.model_dump_json(indent=2),
-                    "code/reference.py": reference.code,
+                    "reference/reference.py": reference.code,
                     "code/quantized.py": quantized.code,
                 },
                 tables={"gates.json": [g.as_dict() for g in gates]},
                 artifact=artifact,
                 example=dataset.example_inputs[0],
+                files={str(reference_artifact.path): "reference"},
             )
         version = register_model(
             model_uri,

@@ -191,6 +191,12 @@ class QuantSpec(_Spec):
         description="BackendConfig for prepare and convert: native (torch's default), x86, fbgemm, "
         "qnnpack, onednn, executorch, tensorrt, or 'module:factory' for a custom one.",
     )
+    target: Literal["native", "reference"] = Field(
+        "native",
+        description="What the stage ships: 'native' lowers to the backend's quantized ops; "
+        "'reference' ships the reference quantized model (quantize/dequantize + reference "
+        "modules) for compilers that consume it. The reference model is logged either way.",
+    )
     keep_original_weights: bool = Field(
         False, description="convert_fx keep_original_weights: keep float weights on lowered modules."
     )

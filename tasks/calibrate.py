@@ -7,13 +7,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.fx import GraphModule
 
+from quant.errors import SpecError
 from quant.prepare import calibrate as run_calibration
 from quant.prepare import prepare
 from quant.sources import Dataset
+from quant.qat import load_qat_checkpoint
 from quant.spec import QuantSpec
 from tasks._common import run_logger
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "load_qat"]
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
@@ -37,3 +39,20 @@ def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec) -> Grap
             seen, spec.calibration_batches, len(dataset.calibration),
         )
     return prepared
+
+
+@task(name="load_qat", cache_policy=NO_CACHE)
+def load_qat(model: torch.nn.Module, dataset: Dataset, checkpoint: str, spec: QuantSpec) -> tuple[GraphModule, QuantSpec]:
+    """Rebuild a QAT-trained prepared model from its checkpoint (no calibration); return it and its spec.
+
+    ``spec`` is what the flow was given: the default spec defers to the checkpoint's, any
+    other must equal it.
+    """
+    prepared, trained_spec = load_qat_checkpoint(checkpoint, model, dataset.example_inputs)
+    if spec != QuantSpec() and spec != trained_spec:
+        raise SpecError(
+            f"the spec given (hash {spec.digest()}) differs from the one that prepared the QAT checkpoint "
+            f"{checkpoint!r} (hash {trained_spec.digest()}); omit spec to use the checkpoint's"
+        )
+    run_logger().info("QAT checkpoint %s: converting without recalibration (spec %s)", checkpoint, trained_spec.digest())
+    return prepared, trained_spec

@@ -17,7 +17,7 @@ from quant.sources import DataSpec, Dataset
 from quant.sources import load_data as build_data
 from tasks._common import io_retry_condition, run_logger
 
-__all__ = ["SourceModel", "load_data", "load_model", "resolve_model_uri"]
+__all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri"]
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
@@ -91,3 +91,20 @@ def load_data(data: DataSpec, model: torch.nn.Module) -> Dataset:
         data.source, len(dataset.calibration), dataset.num_eval_samples,
     )
     return dataset
+
+
+@task(name="fetch_file", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+def fetch_file(uri: str) -> str:
+    """A local path for ``uri``: a local file as is, an MLflow artifact URI downloaded."""
+    from pathlib import Path
+
+    if "://" not in uri and ":/" not in uri:
+        if not Path(uri).is_file():
+            raise SourceError(f"file {uri!r} does not exist; give a local path or an MLflow artifact URI (runs:/<id>/<path>)")
+        return uri
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise SourceError(f"artifact {uri!r} does not exist in MLflow at {mlflow.get_tracking_uri()!r}") from exc
+        raise

@@ -21,6 +21,10 @@ def lower(reference: ReferenceModel, spec: QuantSpec) -> GraphModule:
         reference,
         keep_original_weights=spec.keep_original_weights,
         remove_qconfig=spec.remove_qconfig,
+        target=spec.target,
     )
-    run_logger().info("lowered to native %s ops", spec.backend)
+    if spec.target == "native":
+        run_logger().info("lowered to native %s ops", spec.backend)
+    else:
+        run_logger().info("target 'reference': shipping the reference model, not lowered")
     return quantized

@@ -62,8 +62,10 @@ def log_conversion(
     tables: Mapping[str, Any],
     artifact: TorchScriptArtifact,
     example: torch.Tensor,
+    files: Mapping[str, str] | None = None,
 ) -> str:
-    """Log params, metrics, text documents, JSON tables and the verified TorchScript model."""
+    """Log params, metrics, text documents, JSON tables, files (local path -> artifact dir)
+    and the verified TorchScript model."""
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(dict(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
@@ -71,6 +73,8 @@ def log_conversion(
             mlflow.log_text(text, name)
         for name, table in tables.items():
             mlflow.log_dict(table, name)
+        for local_path, artifact_dir in (files or {}).items():
+            mlflow.log_artifact(local_path, artifact_dir)
         model_uri = log_pytorch_model(artifact.module, example[:2])
     run_logger().info("logged quantized model %s", model_uri)
     return model_uri

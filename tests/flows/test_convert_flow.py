@@ -53,7 +53,9 @@ def test_flow_logs_run(converted) -> None:
     assert metrics["output_sqnr_db"] >= 20, f"SQNR {metrics['output_sqnr_db']} dB is too low"
     assert metrics["int8_size_bytes"] < 0.5 * metrics["float_size_bytes"]
     artifacts = {a.path for a in client.list_artifacts(converted.run_id)}
-    assert {"report.md", "spec.json", "gates.json", "params.json", "code"} <= artifacts
+    assert {"report.md", "spec.json", "gates.json", "params.json", "code", "reference"} <= artifacts
+    reference = {a.path for a in client.list_artifacts(converted.run_id, "reference")}
+    assert reference == {"reference/model_reference.pt", "reference/reference.py"}, reference
     gates = json.loads(open(client.download_artifacts(converted.run_id, "gates.json")).read())
     assert [g["name"] for g in gates] == ["max_accuracy_drop"] and gates[0]["passed"]
     report = open(client.download_artifacts(converted.run_id, "report.md")).read()
@@ -106,3 +108,58 @@ def test_failed_gate_fails_flow_and_keeps_alias(converted) -> None:
     run = client.get_run(failed[0].tags["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.metrics["gates_passed"] == 0.0
+
+
+def test_qat_checkpoint_converts_without_calibration(converted, tmp_path) -> None:
+    """A model QAT-trained elsewhere (prepare_qat_fx + fine-tuning) is converted from its checkpoint."""
+    import torch
+
+    from quant.prepare import prepare
+    from quant.qat import save_qat_checkpoint
+    from quant.sources import digits_split
+    from quant.spec import QuantSpec
+    from quant.train import train_classifier
+
+    float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
+    x_train, y_train, _, _ = digits_split()
+    spec = QuantSpec(mode="qat", backend="qnnpack")
+    prepared = prepare(float_model, (x_train[:8],), spec)
+    train_classifier(prepared, x_train, y_train, epochs=1, lr=1e-4)  # QAT fine-tuning
+    checkpoint = save_qat_checkpoint(prepared, spec, tmp_path / "qat.pt")
+
+    result = convert_flow(
+        ConvertParams(
+            model_uri="models:/digits-cnn@champion",
+            qat_checkpoint=str(checkpoint),
+            registered_name="digits-cnn-qat-int8",
+            benchmark_iterations=5,
+        )
+    )
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["spec.mode"] == "qat" and run.data.params["spec.backend"] == "qnnpack"
+    assert result.metrics["float_accuracy"] - result.metrics["int8_accuracy"] <= 0.01
+    mv = client.get_model_version_by_alias("digits-cnn-qat-int8", "champion")
+    assert mv.tags["spec_hash"] == spec.digest()
+
+
+def test_qat_checkpoint_with_conflicting_spec_is_refused(converted, tmp_path) -> None:
+    from quant.errors import SpecError
+    from quant.prepare import prepare
+    from quant.qat import save_qat_checkpoint
+    from quant.sources import digits_split
+    from quant.spec import QuantSpec
+
+    float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
+    x_train, _, _, _ = digits_split()
+    spec = QuantSpec(mode="qat")
+    checkpoint = save_qat_checkpoint(prepare(float_model, (x_train[:8],), spec), spec, tmp_path / "qat.pt")
+    state = convert_flow(
+        ConvertParams(
+            model_uri="models:/digits-cnn@champion", qat_checkpoint=str(checkpoint),
+            spec=QuantSpec(backend="fbgemm"), benchmark_iterations=5,
+        ),
+        return_state=True,
+    )
+    with pytest.raises(SpecError, match=r"differs from the one that prepared the QAT checkpoint"):
+        state.result()
