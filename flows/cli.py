@@ -75,6 +75,14 @@ def _convert_params(args: argparse.Namespace) -> Any:
     from flows.convert import ConvertParams
 
     raw = _load_config(args.config) if args.config else {}
+    if args.spec:
+        from quant.errors import SpecError
+        from quant.spec import load_spec
+
+        try:
+            raw["spec"] = load_spec(args.spec).model_dump(mode="json")
+        except SpecError as exc:
+            raise _BadInput(str(exc)) from exc
     overrides = {
         "model_uri": args.model_uri,
         "spec.backend": args.backend,
@@ -87,6 +95,7 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "registered_name": args.registered_name,
         "alias": args.alias,
         "experiment": args.experiment,
+        "qat_checkpoint": args.qat_checkpoint,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -161,8 +170,10 @@ def _parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert a registered float model to int8 (Prefect flow, MLflow logging)")
     conv.add_argument("model_uri", nargs="?", help="models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>")
     conv.add_argument("--config", help="YAML/JSON file of convert parameters (flags override it)")
+    conv.add_argument("--spec", help="YAML/JSON QuantSpec file (replaces the config's spec; flags override it)")
     conv.add_argument("--backend", help="x86 | fbgemm | qnnpack | onednn")
-    conv.add_argument("--mode", help="static | dynamic")
+    conv.add_argument("--mode", help="static | dynamic | float16 | qat")
+    conv.add_argument("--qat-checkpoint", help="QAT checkpoint (path or MLflow artifact URI) to convert without calibration")
     conv.add_argument("--calibration-batches", type=int)
     conv.add_argument("--skip-module", action="append", help="module path kept float (repeatable)")
     conv.add_argument("--skip-object-type", action="append", help="dotted type/function kept float (repeatable)")
