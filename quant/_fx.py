@@ -12,6 +12,8 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
+import torch.ao.ns._numeric_suite_fx as numeric_suite
+from torch.ao.ns.fx.utils import compute_sqnr
 from torch.ao.quantization import QConfigMapping
 from torch.ao.quantization.backend_config import (
     BackendConfig,
@@ -56,6 +58,8 @@ __all__ = [
     "_update_qconfig_for_qat",
     "attach_preserved_attrs_to_model",
     "backend_config_for",
+    "compute_sqnr",
+    "numeric_suite",
     "convert_fx",
     "fx_convert",
     "fx_quiet",

@@ -38,6 +38,11 @@ class GatesConfig(BaseModel):
     )
 
 
+    def accuracy_only(self) -> GatesConfig:
+        """The gates that depend on accuracy alone (what a fallback trial must pass)."""
+        return self.model_copy(update={"min_speedup": None, "max_size_ratio": None})
+
+
 @dataclasses.dataclass(frozen=True)
 class GateResult:
     """One gate: what was measured, the threshold, and whether it passed."""
