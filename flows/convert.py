@@ -13,17 +13,22 @@ from prefect import flow, runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quant.errors import QuantStageError
+from quant.fallback import FallbackConfig, FallbackResult
 from quant.gates import GateResult, GatesConfig, check_gates
 from quant.report import render_report
+from quant.sensitivity import sensitivity_table
 from quant.sources import DataSpec
 from quant.spec import QuantSpec
 from tasks.benchmark import benchmark_model
 from tasks.calibrate import calibrate, load_qat
+from tasks.coverage import measure_coverage
 from tasks.export import export_model, export_reference
+from tasks.fallback import fallback_search
 from tasks.load import fetch_file, load_data, load_model
 from tasks.lower import lower
 from tasks.reference_convert import reference_convert
 from tasks.report import publish_report
+from tasks.sensitivity import analyze_sensitivity
 from tasks.track import end_run, log_conversion, promote, register_model, start_run
 from tasks.validate import validate_accuracy
 
@@ -47,6 +52,12 @@ class ConvertParams(BaseModel):
     data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
     spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks that must pass before promotion.")
+    fallback: FallbackConfig = Field(
+        default_factory=FallbackConfig,
+        description="Accuracy-aware fallback: when the accuracy gates fail, keep the most sensitive layers float.",
+    )
+    sensitivity: bool = Field(True, description="Measure per-layer sensitivity (FX numeric suite) and log it.")
+    sensitivity_batches: int = Field(4, ge=1, description="Calibration batches the sensitivity analysis runs.")
     registered_name: str | None = Field(
         None, description="Registry name of the quantized model; default '<source name>-int8'."
     )
@@ -90,6 +101,7 @@ class ConvertResult(BaseModel):
     promoted: bool
     metrics: dict[str, float]
     gates: list[dict[str, object]]
+    float_layers: list[str] = Field(default_factory=list, description="Layers the fallback kept float.")
 
 
 def _run_name() -> str:
@@ -99,8 +111,22 @@ def _run_name() -> str:
     return f"convert {uri} [{spec.backend}/{spec.mode}]"
 
 
-def _gate_failure(gates: list[GateResult]) -> str:
-    return "; ".join(g.reason for g in gates if not g.passed)
+def _failure_message(name: str, version: str, alias: str, gates: list[GateResult], fallback: FallbackResult | None) -> str:
+    reasons = "; ".join(g.reason for g in gates if not g.passed)
+    message = f"{name} version {version} failed its gates ({reasons})"
+    if fallback is not None and fallback.chosen is None and fallback.best is not None:
+        best = fallback.best
+        message += (
+            f"; the fallback ran {fallback.evaluations} trial(s) and none passed, best: float "
+            f"{list(best.float_layers)} with accuracy drop {best.accuracy_drop:.4f}"
+        )
+    return message + f"; it is registered but models:/{name}@{alias} was not moved"
+
+
+def _quantize(source_model, dataset, spec):  # noqa: ANN001, ANN202 - orchestration helper
+    prepared = calibrate(source_model, dataset, spec)
+    reference = reference_convert(prepared, spec)
+    return prepared, reference, lower(reference, spec)
 
 
 @flow(name="convert", flow_run_name=_run_name, log_prints=True)
@@ -112,21 +138,34 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
     run_id = start_run(
         params.experiment,
         f"{params.target_name} from {params.model_uri}",
-        {
-            "quantstage.source_uri": params.model_uri,
-            "quantstage.spec_hash": spec.digest(),
-            "quantstage.flow_run_id": str(runtime.flow_run.id),
-        },
+        {"quantstage.source_uri": params.model_uri, "quantstage.flow_run_id": str(runtime.flow_run.id)},
     )
     try:
         if params.qat_checkpoint:
             prepared, spec = load_qat(source.model, dataset, fetch_file(params.qat_checkpoint), spec)
+            reference = reference_convert(prepared, spec)
+            quantized = lower(reference, spec)
         else:
-            prepared = calibrate(source.model, dataset, spec)
-        reference = reference_convert(prepared, spec)
-        quantized = lower(reference, spec)
+            prepared, reference, quantized = _quantize(source.model, dataset, spec)
         accuracy = validate_accuracy(source.model, quantized, dataset)
+        coverage = measure_coverage(source.model, reference, quantized)
         with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
+            layers, chart = (
+                analyze_sensitivity(prepared, quantized, dataset, work_dir, params.target_name, params.sensitivity_batches)
+                if params.sensitivity
+                else ([], None)
+            )
+            fallback = None
+            accuracy_ok = all(g.passed for g in check_gates(params.gates.accuracy_only(), accuracy))
+            if params.fallback.enabled and not accuracy_ok and layers and not params.qat_checkpoint:
+                fallback, chosen = fallback_search(
+                    run_id, source.model, dataset, spec, params.gates, [layer.name for layer in layers], params.fallback
+                )
+                if chosen is not None:
+                    spec = chosen
+                    prepared, reference, quantized = _quantize(source.model, dataset, spec)
+                    accuracy = validate_accuracy(source.model, quantized, dataset)
+                    coverage = measure_coverage(source.model, reference, quantized)
             artifact = export_model(quantized, dataset, work_dir)
             reference_artifact = export_reference(reference, dataset, work_dir)
             benchmarks = benchmark_model(
@@ -134,18 +173,23 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 iterations=params.benchmark_iterations,
                 num_threads=params.benchmark_threads,
             )
-            gates = check_gates(params.gates, accuracy, benchmarks[0])
+            gates = check_gates(params.gates, accuracy, benchmarks[0], coverage)
             passed = all(g.passed for g in gates)
             metrics = accuracy.as_metrics() | benchmarks[0].as_metrics()
             for b in benchmarks[1:]:
-                metrics |= {f"{k}_bs{b.batch_size}": v for k, v in b.as_metrics().items()}
+                metrics |= {f"{k}_bs{b.batch_size}": v for k, v in b.latency_metrics().items()}
             metrics |= {f"gate.{g.name}.passed": float(g.passed) for g in gates}
             metrics["gates_passed"] = float(passed)
+            metrics |= {"quantized_layers": float(coverage.quantized_count), "quantized_fraction": coverage.quantized_fraction}
             promoted_alias = params.alias if passed else None
             report = render_report(
                 source_uri=params.model_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
                 gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
+                sensitivity=layers, fallback=fallback, coverage=coverage,
             )
+            files = {str(reference_artifact.path): "reference"}
+            if chart:
+                files[chart] = "sensitivity"
             model_uri = log_conversion(
                 run_id,
                 params={
@@ -155,6 +199,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "data.source": params.data.source,
                     "data.batch_size": str(params.data.batch_size),
                     "export.method": artifact.method,
+                    "fallback.enabled": str(params.fallback.enabled),
                 },
                 metrics=metrics,
                 documents={
@@ -164,10 +209,14 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "reference/reference.py": reference.code,
                     "code/quantized.py": quantized.code,
                 },
-                tables={"gates.json": [g.as_dict() for g in gates]},
+                json_documents={"gates.json": [g.as_dict() for g in gates]},
+                tables={
+                    "coverage/coverage.json": coverage.as_table(),
+                    "sensitivity/sensitivity.json": sensitivity_table(layers),
+                },
                 artifact=artifact,
                 example=dataset.example_inputs[0],
-                files={str(reference_artifact.path): "reference"},
+                files=files,
             )
         version = register_model(
             model_uri,
@@ -188,10 +237,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
         )
         publish_report(report, params.target_name)
         if not passed:
-            raise GateFailure(
-                f"{params.target_name} version {version} failed its gates ({_gate_failure(gates)}); "
-                f"it is registered but models:/{params.target_name}@{params.alias} was not moved"
-            )
+            raise GateFailure(_failure_message(params.target_name, version, params.alias, gates, fallback))
         promote(params.target_name, version, params.alias)
     except BaseException:
         end_run(run_id, "FAILED")
@@ -200,4 +246,5 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
     return ConvertResult(
         run_id=run_id, model_uri=model_uri, registered_name=params.target_name, version=version,
         promoted=True, metrics=metrics, gates=[g.as_dict() for g in gates],
+        float_layers=list(fallback.chosen.float_layers) if fallback and fallback.chosen else [],
     )

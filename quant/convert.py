@@ -43,6 +43,11 @@ class ReferenceModel:
     node_name_to_scope: dict[str, tuple[str, type]]
     preserved_attributes: dict[str, Any]
     is_qat: bool = False
+    # module path -> (node_name_to_qconfig, node_name_to_scope) of each standalone submodule:
+    # torch converts those with their own lowering context, so lower() lowers them too.
+    standalone: dict[str, tuple[dict[str, Any], dict[str, tuple[str, type]]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     @property
     def code(self) -> str:
@@ -122,6 +127,14 @@ def reference_convert(
     else:
         node_name_to_qconfig = dict(attrs.node_name_to_qconfig)
 
+    standalone = {
+        path: (dict(sub.meta[_OBSERVED_ATTRS].node_name_to_qconfig), dict(sub.meta[_OBSERVED_ATTRS].node_name_to_scope))
+        for path, sub in model.named_modules()
+        if path
+        and isinstance(sub, GraphModule)
+        and _OBSERVED_ATTRS in sub.meta
+        and sub.meta[_OBSERVED_ATTRS].is_observed_standalone_module
+    }
     custom = convert_custom_config
     if isinstance(custom, dict):
         custom = _fx.ConvertCustomConfig.from_dict(custom)
@@ -145,6 +158,7 @@ def reference_convert(
         node_name_to_scope=node_name_to_scope,
         preserved_attributes=preserved,
         is_qat=bool(attrs.is_qat),
+        standalone=standalone,
     )
 
 
@@ -172,6 +186,8 @@ def lower(
     model = _copy_graph_module(reference.graph_module)
     if target == "native":
         with _fx.fx_quiet():
+            for path, (qconfigs, scopes) in reference.standalone.items():
+                _lower_standalone(model, path, qconfigs, scopes)
             model = _fx.lower_to_fbgemm(
                 model,
                 reference.node_name_to_qconfig,
@@ -184,6 +200,16 @@ def lower(
     model.meta.pop(_OBSERVED_ATTRS, None)
     _fx.attach_preserved_attrs_to_model(model, reference.preserved_attributes)
     return model
+
+
+def _lower_standalone(model: GraphModule, path: str, qconfigs: dict[str, Any], scopes: dict[str, Any]) -> None:
+    """Lower a standalone submodule in place, as torch's convert_fx does for it (its own context)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    lowered = _fx.lower_to_fbgemm(getattr(parent, name), qconfigs, scopes, False)
+    _fx._remove_qconfig(lowered)
+    lowered.delete_all_unused_submodules()
+    setattr(parent, name, lowered)
 
 
 def convert(

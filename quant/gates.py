@@ -8,6 +8,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from quant.benchmark import BenchmarkReport
+from quant.coverage import CoverageReport
 from quant.evaluate import AccuracyReport
 
 __all__ = ["GateResult", "GatesConfig", "check_gates"]
@@ -36,11 +37,19 @@ class GatesConfig(BaseModel):
     max_size_ratio: float | None = Field(
         None, gt=0.0, description="Largest allowed int8/float serialized size ratio."
     )
+    require_quantized: bool = Field(
+        True, description="Fail when no weighted layer ended as a quantized op (a spec that quantizes nothing)."
+    )
+    min_quantized_fraction: float | None = Field(
+        None, ge=0.0, le=1.0, description="Smallest allowed share of weighted-layer parameters that run quantized."
+    )
 
 
     def accuracy_only(self) -> GatesConfig:
         """The gates that depend on accuracy alone (what a fallback trial must pass)."""
-        return self.model_copy(update={"min_speedup": None, "max_size_ratio": None})
+        return self.model_copy(
+            update={"min_speedup": None, "max_size_ratio": None, "require_quantized": False, "min_quantized_fraction": None}
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +79,27 @@ def _gate(name: str, value: float | None, threshold: float, higher_is_better: bo
 
 
 def check_gates(
-    config: GatesConfig, accuracy: AccuracyReport, bench: BenchmarkReport | None = None
+    config: GatesConfig,
+    accuracy: AccuracyReport,
+    bench: BenchmarkReport | None = None,
+    coverage: CoverageReport | None = None,
 ) -> list[GateResult]:
     """Evaluate every enabled gate in ``config``."""
     results: list[GateResult] = []
+    if config.require_quantized and coverage is not None:
+        results.append(
+            GateResult("quantized_any", float(coverage.quantized_count), 1.0, False,
+                       "the spec quantized nothing: no weighted layer ended as a quantized op "
+                       f"({coverage.summary()})")
+            if coverage.quantizes_nothing
+            else GateResult("quantized_any", float(coverage.quantized_count), 1.0, True,
+                            f"{coverage.quantized_count} weighted layer(s) quantized: passed")
+        )
+    if config.min_quantized_fraction is not None:
+        value = coverage.quantized_fraction if coverage is not None else None
+        results.append(
+            _gate("min_quantized_fraction", value, config.min_quantized_fraction, True, "quantized parameter fraction")
+        )
     if config.max_accuracy_drop is not None:
         results.append(
             _gate("max_accuracy_drop", accuracy.accuracy_drop, config.max_accuracy_drop, False, "accuracy drop")

@@ -134,6 +134,14 @@ def prepare(
             )
     except SpecError:
         raise
+    except LookupError as exc:
+        if "During fusion" not in str(exc):
+            raise
+        raise SpecError(
+            f"qconfig_mapping gives the parts of a fused pattern different qconfigs ({str(exc).splitlines()[0]}); "
+            f"fix: give every type of the pattern (e.g. Linear and ReLU) the same qconfig, or override "
+            f"by module_name instead of object_type"
+        ) from exc
     except Exception as exc:
         leaves = [*spec.skip_modules, *spec.prepare_custom.non_traceable_module_names]
         scope = _failing_scope(copy.deepcopy(model).eval(), leaves)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quant.benchmark import BenchmarkReport
+from quant.coverage import CoverageReport
 from quant.evaluate import AccuracyReport
+from quant.fallback import FallbackResult
 from quant.gates import GateResult
+from quant.sensitivity import LayerSensitivity
 from quant.spec import QuantSpec
 
 __all__ = ["render_report", "summary_rows"]
@@ -35,6 +38,9 @@ def render_report(
     gates: Sequence[GateResult],
     registered: str | None = None,
     promoted_alias: str | None = None,
+    sensitivity: Sequence[LayerSensitivity] = (),
+    fallback: FallbackResult | None = None,
+    coverage: CoverageReport | None = None,
 ) -> str:
     """Markdown report of one conversion."""
     if not benchmarks:
@@ -83,4 +89,59 @@ def render_report(
             f"| {b.batch_size} | {b.threads} | {f.p50_ms:.3f} / {f.p90_ms:.3f} / {f.p99_ms:.3f} | "
             f"{q.p50_ms:.3f} / {q.p90_ms:.3f} / {q.p99_ms:.3f} | {b.speedup:.2f}x |"
         )
+    lines += _coverage_section(coverage) + _sensitivity_section(sensitivity) + _fallback_section(fallback)
     return "\n".join(lines) + "\n"
+
+
+def _coverage_section(coverage: CoverageReport | None) -> list[str]:
+    if coverage is None:
+        return []
+    lines = ["", "## Quantized coverage", "", coverage.summary(), ""]
+    if coverage.float:
+        lines += ["| float layer | op | why | parameters |", "|---|---|---|---|"]
+        lines += [f"| {e.name} | {e.op} | {e.reason} | {e.params} |" for e in coverage.float]
+    return lines
+
+
+def _db(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _sensitivity_section(layers: Sequence[LayerSensitivity], top: int = 10) -> list[str]:
+    if not layers:
+        return []
+    lines = [
+        "",
+        f"## Per-layer sensitivity (worst {min(top, len(layers))} of {len(layers)}, FX numeric suite)",
+        "",
+        "| layer | op | activation SQNR dB | weight SQNR dB |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {x.name} | {x.op} | {_db(x.activation_sqnr_db)} | {_db(x.weight_sqnr_db)} |" for x in layers[:top]
+    ]
+    return lines
+
+
+def _fallback_section(result: FallbackResult | None) -> list[str]:
+    if result is None:
+        return []
+    verdict = (
+        f"kept float: {', '.join(result.chosen.float_layers)}"
+        if result.chosen
+        else "no set of layers within the limits passed"
+    )
+    lines = [
+        "",
+        f"## Accuracy-aware fallback ({result.evaluations} evaluations): {verdict}",
+        "",
+        "| trial | float layers | accuracy drop | int8 p50 ms | gates |",
+        "|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(result.trials, start=1):
+        latency = t.metrics.get("int8_latency_p50_ms")
+        lines.append(
+            f"| {i} | {', '.join(t.float_layers) or '-'} | {t.accuracy_drop:.4f} | "
+            f"{'n/a' if latency is None else f'{latency:.3f}'} | {'pass' if t.passed else 'fail'} |"
+        )
+    return lines

@@ -12,6 +12,7 @@ from quant.prepare import calibrate as run_calibration
 from quant.prepare import prepare
 from quant.sources import Dataset
 from quant.qat import load_qat_checkpoint
+from quant.skips import check_skips
 from quant.spec import QuantSpec
 from tasks._common import run_logger
 
@@ -23,6 +24,8 @@ def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec) -> Grap
     """Prepare ``model`` for ``spec`` and calibrate its observers (static mode)."""
     logger = run_logger()
     prepared = prepare(model, dataset.example_inputs, spec)
+    for unused in check_skips(model, prepared, spec):  # raises instead when spec.strict_skips
+        logger.warning(unused.message)
     if spec.mode != "static":
         logger.info("%s mode: no activation calibration needed", spec.mode)
         return prepared

@@ -3,6 +3,7 @@ the registry version with its lineage tags, and the alias promotion."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,20 +60,26 @@ def log_conversion(
     params: Mapping[str, str],
     metrics: Mapping[str, float],
     documents: Mapping[str, str],
-    tables: Mapping[str, Any],
+    json_documents: Mapping[str, Any],
     artifact: TorchScriptArtifact,
     example: torch.Tensor,
+    tables: Mapping[str, Mapping[str, list]] | None = None,
     files: Mapping[str, str] | None = None,
 ) -> str:
-    """Log params, metrics, text documents, JSON tables, files (local path -> artifact dir)
-    and the verified TorchScript model."""
+    """Log params, metrics, text and JSON documents, MLflow tables (columns), files
+    (local path -> artifact dir) and the verified TorchScript model."""
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(dict(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         for name, text in documents.items():
             mlflow.log_text(text, name)
-        for name, table in tables.items():
-            mlflow.log_dict(table, name)
+        for name, data in json_documents.items():
+            mlflow.log_dict(data, name)
+        for name, columns in (tables or {}).items():
+            if columns and any(columns.values()):
+                with warnings.catch_warnings():  # MLflow's own pandas-3 notice, raised inside log_table
+                    warnings.filterwarnings("ignore", message=r"For backward compatibility, 'str' dtypes")
+                    mlflow.log_table(data=dict(columns), artifact_file=name)
         for local_path, artifact_dir in (files or {}).items():
             mlflow.log_artifact(local_path, artifact_dir)
         model_uri = log_pytorch_model(artifact.module, example[:2])

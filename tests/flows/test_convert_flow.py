@@ -57,9 +57,16 @@ def test_flow_logs_run(converted) -> None:
     reference = {a.path for a in client.list_artifacts(converted.run_id, "reference")}
     assert reference == {"reference/model_reference.pt", "reference/reference.py"}, reference
     gates = json.loads(open(client.download_artifacts(converted.run_id, "gates.json")).read())
-    assert [g["name"] for g in gates] == ["max_accuracy_drop"] and gates[0]["passed"]
+    assert [g["name"] for g in gates] == ["quantized_any", "max_accuracy_drop"]
+    assert all(g["passed"] for g in gates)
+    assert metrics["quantized_fraction"] == 1.0 and metrics["quantized_layers"] == 5
+    coverage = json.loads(open(client.download_artifacts(converted.run_id, "coverage/coverage.json")).read())
+    assert set(coverage["columns"]) >= {"name", "op", "status", "reason", "params"}
+    sensitivity = {a.path for a in client.list_artifacts(converted.run_id, "sensitivity")}
+    assert sensitivity == {"sensitivity/sensitivity.json", "sensitivity/sensitivity.png"}
     report = open(client.download_artifacts(converted.run_id, "report.md")).read()
     assert "all gates passed" in report and "promoted to `@champion`" in report
+    assert "## Quantized coverage" in report and "## Per-layer sensitivity" in report
 
 
 def test_flow_publishes_prefect_report(converted) -> None:

@@ -1,36 +1,57 @@
 """Parity of ``quant.convert`` with torch's ``convert_fx``.
 
-For every model pattern and every quantized backend (x86, fbgemm, qnnpack, onednn),
+For every model pattern, on every quantized backend it applies to (x86, fbgemm, qnnpack,
+onednn), and for all four combinations of ``keep_original_weights`` x ``_remove_qconfig``,
 ``convert(p, ...)``, ``lower(reference_convert(p, ...), ...)`` and torch's
-``convert_fx(copy.deepcopy(p), ...)`` must generate the same code and bit-identical outputs.
+``convert_fx(copy.deepcopy(p), ...)`` must generate the same code (the root's and every
+GraphModule submodule's), the same submodules, qconfigs and state, and bit-identical
+outputs. Parts a pattern skips must stay float in all three results.
+
+The prepared models are built from a ``QuantSpec`` with ``quant.prepare.prepare`` (so the
+spec -> torch path is covered too) and the spec's convert-time objects
+(``convert_custom_config()``, ``convert_qconfig_mapping_object()``,
+``backend_config_object()``, ``keep_original_weights``, ``remove_qconfig``) are passed to
+all three converters.
+
+Matrix size: ``test_parity`` runs ``len(CASES)`` patterns (28) x 4 backends x 4 flag
+combinations = 448 items. Every pattern applies to all four backends; the one
+(pattern, backend) pair torch itself cannot convert (``float16_linear`` on qnnpack) is a
+strict xfail carrying torch's exact error, so 444 pass. A prepared (and calibrated or
+QAT-trained) model is built once per (pattern, backend) and shared by the four flag
+combinations: conversion never mutates it (``test_does_not_mutate_prepared``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
+import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.ao.quantization import default_dynamic_qconfig
 from torch.ao.quantization.quantize_fx import convert_to_reference_fx
 
 from quant import _fx
 from quant.convert import ReferenceModel, convert, lower, reference_convert
 from quant.errors import ConversionError
+from quant.prepare import prepare
+from quant.spec import QuantSpec
 
-# torch's own reference LSTM (used by torch's convert_fx too) copy-constructs tensors.
+# torch's own reference LSTM/GRU (used by torch's convert_fx too) copy-constructs tensors.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:To copy construct from a tensor:UserWarning:torch.ao.nn.quantized.reference"
 )
 
 BACKENDS = ["x86", "fbgemm", "qnnpack", "onednn"]
 SEED = 0
-CALIBRATION_BATCHES = 3
+CALIBRATION_BATCHES = 2
 EVAL_BATCHES = 2
+QAT_STEPS = 3
 
 
 # --------------------------------------------------------------------------- models
@@ -45,6 +66,16 @@ class ConvBnRelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
+
+
+class ConvTransposeBn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(3, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.deconv(x))
 
 
 class LinearRelu(nn.Module):
@@ -69,6 +100,29 @@ class ResidualAdd(nn.Module):
         return y + z
 
 
+class Mul(ResidualAdd):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x) * self.conv2(x)
+
+
+class Cat(ResidualAdd):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv1(x), self.conv2(x)], dim=1)
+
+
+class TwoAdds(nn.Module):
+    """Two ``operator.add`` calls in the root, told apart by call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc1(x) + x
+        return self.fc2(y) + y
+
+
 class FunctionalLinear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -77,6 +131,45 @@ class FunctionalLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+
+class FunctionalConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.1)
+        self.bias = nn.Parameter(torch.randn(8) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # stride, padding, dilation as positional sequences: the only form torch lowers
+        return F.relu(F.conv2d(x, self.weight, self.bias, (1, 1), (1, 1), (1, 1), 1))
+
+
+class FunctionalConvDefaults(FunctionalConv):
+    """F.conv2d with its defaults (stride, padding, dilation not passed)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
+class EmbeddingHead(nn.Module):
+    """A weight-only quantized Embedding feeding a statically quantized Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(idx))
+
+
+class EmbeddingBagModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 8, mode="sum")
+
+    def forward(self, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.bag(idx, offsets)
 
 
 class ConvReluBlock(nn.Module):
@@ -115,6 +208,28 @@ class WithHead(nn.Module):
         return self.head(self.relu(self.body(x)))
 
 
+class WithAttributes(WithHead):
+    """Plain Python attributes the preserved_attributes cases carry through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels = ["cat", "dog", "eel", "fox"]
+        self.threshold = 0.25
+
+
+class LinearThenFunctional(nn.Module):
+    """An nn.Linear (+ReLU) and an F.linear, for the object-type skips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+        self.relu = nn.ReLU()
+        self.weight = nn.Parameter(torch.randn(4, 8) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.relu(self.fc(x)), self.weight)
+
+
 class DynamicLinear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -129,84 +244,342 @@ class LSTMModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_size=8, hidden_size=12, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(12, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
+        return self.fc(out)
+
+
+class GRUModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size=8, hidden_size=12, num_layers=1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
         return out
+
+
+class WithStandalone(nn.Module):
+    """``block`` is prepared and converted as a standalone module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, 16)
+        self.block = LinearRelu()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+class DataDependent(nn.Module):
+    """Data-dependent control flow: FX cannot trace this forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class WithUntraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(16, 8)
+        self.relu = nn.ReLU()
+        self.dyn = DataDependent()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dyn(self.relu(self.body(x))))
+
+
+class QatNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn(self.conv(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _image() -> tuple[torch.Tensor]:
+    return (torch.randn(2, 3, 8, 8),)
+
+
+def _features() -> tuple[torch.Tensor]:
+    return (torch.randn(4, 16),)
+
+
+def _sequence() -> tuple[torch.Tensor]:
+    return (torch.randn(2, 5, 8),)
+
+
+def _indices() -> tuple[torch.Tensor]:
+    return (torch.randint(0, 20, (4, 6)),)
+
+
+def _bags() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, 20, (12,)), torch.tensor([0, 3, 7, 9])
 
 
 # --------------------------------------------------------------------------- cases
 
 
-def _image() -> torch.Tensor:
-    return torch.randn(2, 3, 8, 8)
+def _override(set_: str, key: str = "", qconfig: str | None = None, **kw: Any) -> dict[str, Any]:
+    return {"set": set_, "key": key, "qconfig": qconfig, **kw}
 
 
-def _features() -> torch.Tensor:
-    return torch.randn(4, 16)
-
-
-def _sequence() -> torch.Tensor:
-    return torch.randn(2, 5, 8)
-
-
-def _static_mapping(backend: str) -> _fx.QConfigMapping:
-    return _fx.get_default_qconfig_mapping(backend)
-
-
-def _dynamic_mapping(backend: str) -> _fx.QConfigMapping:
-    return (
-        _fx.QConfigMapping()
-        .set_object_type(nn.Linear, default_dynamic_qconfig)
-        .set_object_type(nn.LSTM, default_dynamic_qconfig)
-    )
-
-
-def _skip_head_mapping(backend: str) -> _fx.QConfigMapping:
-    return _static_mapping(backend).set_module_name("head", None)
+def _mapping(preset: str, *overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"preset": preset, "overrides": list(overrides)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     model: Callable[[], nn.Module]
-    make_input: Callable[[], torch.Tensor]
-    prepare_mapping: Callable[[str], _fx.QConfigMapping]
-    # a convert-time mapping derived from the prepare-time one, or None
-    convert_mapping: Callable[[_fx.QConfigMapping], _fx.QConfigMapping] | None = None
-    # names of submodules that must stay a float nn.Linear after conversion
-    float_linears: tuple[str, ...] = ()
-    static: bool = True
+    make_inputs: Callable[[], tuple[torch.Tensor, ...]]
+    # QuantSpec fields (backend, backend_config and the two flags are added per test)
+    spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # submodule paths that must end up as native quantized (static/dynamic/weight-only) modules
+    quantized: tuple[str, ...] = ()
+    # submodule path -> the exact float class it must still be after conversion
+    float_modules: dict[str, type] = dataclasses.field(default_factory=dict)
+    # call_function target -> how many float calls of it the converted root graph keeps
+    float_functions: dict[Callable, int] = dataclasses.field(default_factory=dict)
+    # root attributes that must survive conversion (convert_custom preserved_attributes)
+    preserved: tuple[str, ...] = ()
+    # backend -> why the pattern does not apply there: torch's BackendConfig has no dtype
+    # config for it, so torch (and we) leave the ``quantized`` paths float; asserted so
+    unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
+    # backend -> (stage, exception type, exact message) for pairs torch itself cannot quantize:
+    # stage "prepare" (torch's prepare_fx raises) or "convert" (torch's convert_fx raises)
+    torch_errors: dict[str, tuple[str, type[Exception], str]] = dataclasses.field(default_factory=dict)
+    # backend -> a bug in quant/ that makes this pair fail (a strict xfail until it is fixed)
+    quant_bugs: dict[str, str] = dataclasses.field(default_factory=dict)
 
+
+_SKIP_HEAD = _mapping("static", _override("module_name", "head"))
+
+# onednn's BackendConfig has no float16 dynamic Linear and only qint8 (not quint8
+# float-qparams) weight-only embeddings: torch leaves these float there, silently.
+_ONEDNN_NO_FP16 = {"onednn": "onednn BackendConfig: no float16 dynamic dtype config for Linear"}
+_ONEDNN_NO_QUINT8_EMBEDDING = {
+    "onednn": "onednn BackendConfig: embeddings only with qint8 weights, not float_qparams quint8"
+}
+
+# torch.ops.quantized.linear_prepack_fp16 has no QNNPACK kernel (fbgemm only).
+_FP16_QNNPACK = (
+    "convert",
+    RuntimeError,
+    "quantized::linear_prepack_fp16 is currently not supported by QNNPACK",
+)
+
+# onednn's default qconfig has a per-channel weight observer, and torch's
+# get_default_qconfig_mapping only swaps in a per-tensor one for ConvTranspose on fbgemm/x86:
+# prepare_fx's _assert_valid_qconfig rejects it.
+_CONV_TRANSPOSE_ONEDNN = (
+    "prepare",
+    AssertionError,
+    "Per channel weight observer is not supported yet for ConvTranspose{n}d.",
+)
+
+# torch lowers F.conv2d only when stride, padding and dilation are passed positionally as
+# sequences (lower_to_fbgemm hands the call's remaining args to conv2d_prepack as they are).
+_FUNCTIONAL_CONV_DEFAULTS = (
+    "convert",
+    RuntimeError,
+    "quantized::conv2d_prepack() is missing value for argument 'stride'. Declaration: "
+    "quantized::conv2d_prepack(Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+    "int[] dilation, int groups) -> __torch__.torch.classes.quantized.Conv2dPackedParamsBase",
+)
+
+# quant/spec.py: _skip_fused_forms only follows simple-format patterns whose first op is a
+# skipped class; onednn's conv+add fusion (ConvAdd2d) is a complex-format pattern rooted at
+# operator.add, so skipping operator.add (or nn.Conv2d) leaves the fused add quantized.
+_ONEDNN_CONV_ADD_SKIP = (
+    "quant/spec.py bug: skip_object_types operator.add does not skip onednn's fused ConvAdd2d "
+    "(complex-format pattern), so conv1+add stay quantized"
+)
 
 CASES: dict[str, Case] = {
-    "conv_bn_relu": Case(ConvBnRelu, _image, _static_mapping),
-    "linear_relu": Case(LinearRelu, _features, _static_mapping),
-    "residual_add": Case(ResidualAdd, _image, _static_mapping),
-    "functional_linear": Case(FunctionalLinear, _features, _static_mapping),
-    "nested_blocks": Case(Nested, _image, _static_mapping),
-    "skip_at_prepare": Case(WithHead, _features, _skip_head_mapping, float_linears=("head",)),
+    # -- fusions and plain static ops
+    "conv_bn_relu": Case(ConvBnRelu, _image, quantized=("conv",)),
+    "conv_transpose_bn": Case(
+        ConvTransposeBn, _image, quantized=("deconv",), torch_errors={"onednn": _CONV_TRANSPOSE_ONEDNN}
+    ),
+    # the same with a per-tensor weight qconfig on ConvTranspose2d, which onednn accepts
+    "conv_transpose_bn_per_tensor": Case(
+        ConvTransposeBn,
+        _image,
+        spec={"qconfig_mapping": _mapping("static", _override("object_type", "torch.nn.ConvTranspose2d", "per_tensor"))},
+        quantized=("deconv",),
+    ),
+    "linear_relu": Case(LinearRelu, _features, quantized=("fc",)),
+    "residual_add": Case(ResidualAdd, _image, quantized=("conv1", "conv2")),
+    "mul": Case(Mul, _image, quantized=("conv1", "conv2")),
+    "cat": Case(Cat, _image, quantized=("conv1", "conv2")),
+    "functional_linear": Case(FunctionalLinear, _features),
+    "functional_conv2d_relu": Case(FunctionalConv, _image),
+    "functional_conv2d_defaults": Case(
+        FunctionalConvDefaults, _image, torch_errors=dict.fromkeys(BACKENDS, _FUNCTIONAL_CONV_DEFAULTS)
+    ),
+    "nested_blocks": Case(Nested, _image, quantized=("features.0.conv", "features.1.conv", "fc")),
+    # -- weight-only embeddings (float_qparams_weight_only_qconfig on those types)
+    "embedding_weight_only": Case(
+        EmbeddingHead,
+        _indices,
+        spec={"qconfig_mapping": _mapping("static", _override("object_type", "torch.nn.Embedding", "weight_only"))},
+        quantized=("emb",),
+        unsupported=_ONEDNN_NO_QUINT8_EMBEDDING,
+    ),
+    "embedding_bag_weight_only": Case(
+        EmbeddingBagModel,
+        _bags,
+        spec={"qconfig_mapping": _mapping("none", _override("object_type", "torch.nn.EmbeddingBag", "weight_only"))},
+        quantized=("bag",),
+        unsupported=_ONEDNN_NO_QUINT8_EMBEDDING,
+    ),
+    # -- dynamic and float16
+    "dynamic_linear": Case(DynamicLinear, _features, spec={"mode": "dynamic"}, quantized=("fc1", "fc2")),
+    "lstm_dynamic": Case(LSTMModel, _sequence, spec={"mode": "dynamic"}, quantized=("lstm", "fc")),
+    "gru_dynamic": Case(GRUModel, _sequence, spec={"mode": "dynamic"}, quantized=("gru",)),
+    "float16_linear": Case(
+        DynamicLinear,
+        _features,
+        spec={"mode": "float16"},
+        quantized=("fc1", "fc2"),
+        unsupported=_ONEDNN_NO_FP16,
+        torch_errors={"qnnpack": _FP16_QNNPACK},
+    ),
+    # -- module structure: standalone, non-traceable
+    "standalone_submodule": Case(
+        WithStandalone,
+        _features,
+        spec={"prepare_custom": {"standalone_module_names": ["block"]}},
+        quantized=("stem", "block.fc", "head"),
+    ),
+    "non_traceable_submodule": Case(
+        WithUntraceable,
+        _features,
+        spec={"prepare_custom": {"non_traceable_module_names": ["dyn"]}},
+        quantized=("body", "head"),
+        float_modules={"dyn": DataDependent, "dyn.fc": nn.Linear},
+    ),
+    # -- QAT: prepare_qat_fx, a few SGD steps, eval, convert (no calibration)
+    "qat_trained": Case(QatNet, _image, spec={"mode": "qat"}, quantized=("conv", "fc")),
+    "qat_skip_at_convert": Case(
+        QatNet,
+        _image,
+        spec={"mode": "qat", "convert_qconfig_mapping": _mapping("qat", _override("module_name", "fc"))},
+        quantized=("conv",),
+        float_modules={"fc": nn.Linear},
+    ),
+    # -- skips by object type, module name, regex, call order; at convert time
+    "skip_type_add": Case(
+        TwoAdds, _features, spec={"skip_object_types": ["operator.add"]}, quantized=("fc1", "fc2"),
+        float_functions={operator.add: 2},
+    ),
+    "skip_type_add_after_conv": Case(
+        ResidualAdd,
+        _image,
+        spec={"skip_object_types": ["operator.add"]},
+        quantized=("conv1", "conv2"),
+        float_functions={operator.add: 1},
+        quant_bugs={"onednn": _ONEDNN_CONV_ADD_SKIP},
+    ),
+    "skip_type_functional_linear": Case(
+        LinearThenFunctional,
+        _features,
+        spec={"skip_object_types": ["torch.nn.functional.linear"]},
+        quantized=("fc",),
+        float_functions={F.linear: 1},
+    ),
+    "skip_type_linear": Case(
+        LinearThenFunctional,
+        _features,
+        # nn.Linear+ReLU fuse to LinearReLU: the spec skips that fused form too
+        spec={"qconfig_mapping": _mapping("static", _override("object_type", "torch.nn.Linear"))},
+        float_modules={"fc": torch.ao.nn.intrinsic.LinearReLU},
+    ),
+    "skip_module_name": Case(
+        WithHead, _features, spec={"qconfig_mapping": _SKIP_HEAD}, quantized=("body",), float_modules={"head": nn.Linear}
+    ),
+    "skip_modules_shorthand": Case(
+        WithHead, _features, spec={"skip_modules": ["head"]}, quantized=("body",), float_modules={"head": nn.Linear}
+    ),
+    "skip_module_regex": Case(
+        Nested,
+        _image,
+        spec={"qconfig_mapping": _mapping("static", _override("module_name_regex", r"features\.1\."))},
+        quantized=("features.0.conv", "fc"),
+        # conv+relu fuse; the skipped fused module stays a float ConvReLU2d
+        float_modules={"features.1.conv": torch.ao.nn.intrinsic.ConvReLU2d},
+    ),
+    "skip_object_type_order": Case(
+        TwoAdds,
+        _features,
+        spec={
+            "qconfig_mapping": _mapping(
+                "static",
+                _override("module_name_object_type_order", "", object_type="operator.add", index=1),
+            )
+        },
+        quantized=("fc1", "fc2"),
+        float_functions={operator.add: 1},
+    ),
     "skip_at_convert": Case(
         WithHead,
         _features,
-        _static_mapping,
-        convert_mapping=lambda qm: copy.deepcopy(qm).set_module_name("head", None),
-        float_linears=("head",),
+        spec={"convert_qconfig_mapping": _SKIP_HEAD},
+        quantized=("body",),
+        float_modules={"head": nn.Linear},
     ),
-    "dynamic_linear": Case(DynamicLinear, _features, _dynamic_mapping, static=False),
-    "lstm_dynamic": Case(LSTMModel, _sequence, _dynamic_mapping, static=False),
+    # -- preserved attributes (prepare_custom keeps them through prepare, convert_custom through convert)
+    "preserved_attributes": Case(
+        WithAttributes,
+        _features,
+        spec={
+            "prepare_custom": {"preserved_attributes": ["labels", "threshold"]},
+            "convert_custom": {"preserved_attributes": ["labels", "threshold"]},
+        },
+        quantized=("body", "head"),
+        preserved=("labels", "threshold"),
+    ),
 }
 
 
-# conv-bn-relu and linear-relu, plus patterns where each flag is observable:
-# keep_original_weights only affects prepacked get_attr weights (functional linear),
-# _remove_qconfig only modules left in float (the pool in nested_blocks, a skipped head).
-FLAG_PATTERNS = [
+# The reference stage alone vs convert_to_reference_fx: the original patterns plus one of
+# each new kind (the parity matrix covers the reference stage of every pattern already).
+REFERENCE_PATTERNS = [
     "conv_bn_relu",
+    "conv_transpose_bn",
     "linear_relu",
+    "residual_add",
     "functional_linear",
     "nested_blocks",
-    "skip_at_convert",
+    "embedding_bag_weight_only",
+    "dynamic_linear",
+    "lstm_dynamic",
+    "gru_dynamic",
+    "standalone_submodule",
+    "qat_trained",
+    "skip_module_name",
+    "preserved_attributes",
 ]
+assert all(CASES[p].spec.get("convert_qconfig_mapping") is None for p in REFERENCE_PATTERNS)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -226,24 +599,74 @@ def backend(request: pytest.FixtureRequest):
 @dataclasses.dataclass
 class Prepared:
     model: torch.fx.GraphModule
-    mapping: _fx.QConfigMapping
-    backend_config: _fx.BackendConfig
-    inputs: list[torch.Tensor]
+    spec: QuantSpec
+    inputs: list[tuple[torch.Tensor, ...]]
+    _reference: ReferenceModel | None = None
+
+    @property
+    def reference(self) -> ReferenceModel:
+        """``reference_convert`` of the model, made once: it does not depend on the two flags,
+        and ``lower`` does not modify it, so every flag combination lowers the same one."""
+        if self._reference is None:
+            self._reference = reference_convert(self.model, **_reference_kwargs(self.spec))
+            assert isinstance(self._reference, ReferenceModel)
+        return self._reference
 
 
-def _prepare(case: Case, backend: str) -> Prepared:
-    torch.manual_seed(SEED)
-    model = case.model().eval()
-    mapping = case.prepare_mapping(backend)
-    backend_config = _fx.backend_config_for(backend)
-    example = (case.make_input(),)
-    with _fx.fx_quiet():
-        prepared = _fx.prepare_fx(model, mapping, example, backend_config=backend_config)
-    with torch.no_grad():
-        for _ in range(CALIBRATION_BATCHES):
-            prepared(case.make_input())
-    inputs = [case.make_input() for _ in range(EVAL_BATCHES)]
-    return Prepared(prepared, mapping, backend_config, inputs)
+def _spec(case: Case, backend: str, **flags: bool) -> QuantSpec:
+    return QuantSpec(backend=backend, backend_config=backend, **case.spec, **flags)
+
+
+def _train_qat(prepared: torch.fx.GraphModule, case: Case) -> None:
+    prepared.train()
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(QAT_STEPS):
+        inputs = case.make_inputs()
+        loss = prepared(*inputs).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prepared.eval()
+
+
+_PREPARED: dict[tuple[str, str], Prepared] = {}
+
+
+def _prepare(pattern: str, backend: str) -> Prepared:
+    """The prepared and calibrated (or QAT-trained) model, built once per pattern and backend."""
+    key = (pattern, backend)
+    if key not in _PREPARED:
+        case = CASES[pattern]
+        torch.manual_seed(SEED)
+        spec = _spec(case, backend)
+        model = case.model().eval()
+        prepared = prepare(model, case.make_inputs(), spec)
+        if spec.mode == "qat":
+            _train_qat(prepared, case)  # no calibration: the fake-quant observers were trained
+        else:
+            with torch.no_grad():
+                for _ in range(CALIBRATION_BATCHES):
+                    prepared(*case.make_inputs())
+        inputs = [case.make_inputs() for _ in range(EVAL_BATCHES)]
+        _PREPARED[key] = Prepared(prepared, spec, inputs)
+    return _PREPARED[key]
+
+
+def _reference_kwargs(spec: QuantSpec) -> dict[str, Any]:
+    """The spec's convert-time torch objects, fresh for each converter."""
+    return {
+        "convert_custom_config": spec.convert_custom_config(),
+        "qconfig_mapping": spec.convert_qconfig_mapping_object(),
+        "backend_config": spec.backend_config_object(),
+    }
+
+
+def _convert_kwargs(spec: QuantSpec) -> dict[str, Any]:
+    return {
+        **_reference_kwargs(spec),
+        "_remove_qconfig": spec.remove_qconfig,
+        "keep_original_weights": spec.keep_original_weights,
+    }
 
 
 def _torch_convert(prepared: torch.fx.GraphModule, **kwargs) -> torch.fx.GraphModule:
@@ -251,62 +674,43 @@ def _torch_convert(prepared: torch.fx.GraphModule, **kwargs) -> torch.fx.GraphMo
         return _fx.convert_fx(copy.deepcopy(prepared), **kwargs)
 
 
-def _run(gm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _run(gm: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     with torch.no_grad():
-        return gm(x)
+        return gm(*inputs)
 
 
-def _assert_parity(
-    p: Prepared,
-    *,
-    qconfig_mapping: _fx.QConfigMapping | None = None,
-    keep_original_weights: bool = False,
-    remove_qconfig: bool = True,
-) -> dict[str, torch.fx.GraphModule]:
-    """Convert three ways and assert identical code and bit-identical outputs."""
-    expected = _torch_convert(
-        p.model,
-        _remove_qconfig=remove_qconfig,
-        qconfig_mapping=qconfig_mapping,
-        backend_config=p.backend_config,
-        keep_original_weights=keep_original_weights,
-    )
-    ours = convert(
-        p.model,
-        _remove_qconfig=remove_qconfig,
-        qconfig_mapping=qconfig_mapping,
-        backend_config=p.backend_config,
-        keep_original_weights=keep_original_weights,
-    )
-    reference = reference_convert(
-        p.model, qconfig_mapping=qconfig_mapping, backend_config=p.backend_config
-    )
-    assert isinstance(reference, ReferenceModel)
+def _three_ways(p: Prepared, spec: QuantSpec) -> dict[str, torch.fx.GraphModule]:
+    expected = _torch_convert(p.model, **_convert_kwargs(spec))
+    ours = convert(p.model, **_convert_kwargs(spec))
     lowered = lower(
-        reference, keep_original_weights=keep_original_weights, remove_qconfig=remove_qconfig
+        p.reference, keep_original_weights=spec.keep_original_weights, remove_qconfig=spec.remove_qconfig
     )
-    results = {"convert_fx": expected, "convert": ours, "lower(reference_convert)": lowered}
+    return {"convert_fx": expected, "convert": ours, "lower(reference_convert)": lowered}
 
+
+def _assert_parity(p: Prepared, spec: QuantSpec) -> dict[str, torch.fx.GraphModule]:
+    """Convert three ways and assert identical code, structure, state and outputs."""
+    results = _three_ways(p, spec)
+    expected = results["convert_fx"]
     for name in ("convert", "lower(reference_convert)"):
-        assert results[name].code == expected.code, f"{name}: generated code differs"
+        got = results[name]
+        assert got.code == expected.code, f"{name}: generated code differs"
         # Same module structure: names and types of every submodule.
-        assert _module_types(results[name]) == _module_types(expected), (
-            f"{name}: submodules differ"
-        )
+        assert _module_types(got) == _module_types(expected), f"{name}: submodules differ"
+        # Nested GraphModules (converted standalone modules) generate the same code too.
+        assert _submodule_codes(got) == _submodule_codes(expected), f"{name}: submodule code differs"
         # _remove_qconfig: which modules still carry a qconfig, and which one.
-        assert _qconfigs(results[name]) == _qconfigs(expected), f"{name}: qconfigs differ"
+        assert _qconfigs(got) == _qconfigs(expected), f"{name}: qconfigs differ"
         # keep_original_weights: the lookup torch attaches for prepacked get_attr weights.
-        assert hasattr(results[name], "original_weights_lookup") == hasattr(
-            expected, "original_weights_lookup"
-        ), f"{name}: original_weights_lookup presence differs"
+        assert hasattr(got, "original_weights_lookup") == hasattr(expected, "original_weights_lookup"), (
+            f"{name}: original_weights_lookup presence differs"
+        )
         if hasattr(expected, "original_weights_lookup"):
             _assert_same_value(
-                results[name].original_weights_lookup,
-                expected.original_weights_lookup,
-                f"{name}.original_weights_lookup",
+                got.original_weights_lookup, expected.original_weights_lookup, f"{name}.original_weights_lookup"
             )
         # Quantized weights, packed params, scales and zero points.
-        got_state, want_state = results[name].state_dict(), expected.state_dict()
+        got_state, want_state = got.state_dict(), expected.state_dict()
         assert got_state.keys() == want_state.keys(), f"{name}: state_dict keys differ"
         for key in want_state:
             _assert_same_value(got_state[key], want_state[key], f"{name}.state_dict[{key!r}]")
@@ -373,6 +777,48 @@ def _module_types(gm: torch.nn.Module) -> dict[str, str]:
     }
 
 
+def _submodule_codes(gm: torch.nn.Module) -> dict[str, str]:
+    return {name: m.code for name, m in gm.named_modules() if name and isinstance(m, torch.fx.GraphModule)}
+
+
+def _is_quantized_module(m: nn.Module) -> bool:
+    return type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+
+
+def _quantized_calls(gm: torch.fx.GraphModule) -> list[str]:
+    """Quantized ops and quantize calls in the root graph."""
+    return [
+        str(n.target)
+        for n in gm.graph.nodes
+        if n.op == "call_function" and ("quantized" in str(n.target) or n.target is torch.quantize_per_tensor)
+    ]
+
+
+def _assert_skips_and_quantization(case: Case, backend: str, results: dict[str, torch.fx.GraphModule]) -> None:
+    """Skipped parts stay float, the rest is really quantized, preserved attributes survive."""
+    float_model = case.model()
+    for name, gm in results.items():
+        for path in case.quantized:
+            got = gm.get_submodule(path)
+            if backend in case.unsupported:
+                want = type(float_model.get_submodule(path))
+                assert type(got) is want, f"{name}: {path!r} is {type(got).__qualname__} on {backend}"
+            else:
+                assert _is_quantized_module(got), f"{name}: {path!r} is {type(got).__qualname__}, not quantized"
+        for path, cls in case.float_modules.items():
+            got = type(gm.get_submodule(path))
+            assert got is cls, f"{name}: skipped {path!r} is {got.__qualname__}, expected float {cls.__qualname__}"
+        for target, count in case.float_functions.items():
+            calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is target]
+            assert len(calls) == count, f"{name}: {len(calls)} float {target} calls, expected {count}"
+        if backend not in case.unsupported:
+            quantized = [m for m in gm.modules() if _is_quantized_module(m)]
+            assert quantized or _quantized_calls(gm), f"{name}: nothing was quantized"
+        for attr in case.preserved:
+            assert hasattr(gm, attr), f"{name}: preserved attribute {attr!r} is gone"
+            assert getattr(gm, attr) == getattr(results["convert_fx"], attr)
+
+
 def _snapshot(gm: torch.fx.GraphModule) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
     return (
         gm.code,
@@ -391,98 +837,142 @@ def _assert_unchanged(gm: torch.fx.GraphModule, snapshot) -> None:
     assert _module_types(gm) == modules, "submodules changed"
 
 
+def _matrix(patterns: list[str], stages: tuple[str, ...] = ("prepare", "convert"), bugs: bool = True) -> list[Any]:
+    """(pattern, backend) params; pairs torch itself cannot quantize at one of ``stages`` and
+    (with ``bugs``) pairs a known quant/ bug breaks are strict xfails."""
+    params = []
+    for pattern in patterns:
+        for backend in BACKENDS:
+            marks = []
+            if backend in CASES[pattern].torch_errors and CASES[pattern].torch_errors[backend][0] in stages:
+                stage, exc, message = CASES[pattern].torch_errors[backend]
+                reason = f"torch: {stage}_fx raises {exc.__name__}: {message}"
+                marks.append(pytest.mark.xfail(strict=True, raises=exc, reason=reason))
+            elif bugs and backend in CASES[pattern].quant_bugs:
+                reason = CASES[pattern].quant_bugs[backend]
+                marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+            params.append(pytest.param(pattern, backend, marks=marks, id=f"{pattern}-{backend}"))
+    return params
+
+
+@pytest.fixture
+def engine():
+    """Restores ``torch.backends.quantized.engine`` after tests that set it themselves."""
+    previous = torch.backends.quantized.engine
+    yield
+    torch.backends.quantized.engine = previous
+
+
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("pattern", list(CASES), ids=list(CASES))
-def test_parity(pattern: str, backend: str) -> None:
-    case = CASES[pattern]
-    p = _prepare(case, backend)
-    convert_mapping = case.convert_mapping(p.mapping) if case.convert_mapping else None
-    results = _assert_parity(p, qconfig_mapping=convert_mapping)
-
-    for name, gm in results.items():
-        for module_name in case.float_linears:
-            assert type(gm.get_submodule(module_name)) is nn.Linear, (
-                f"{name}: skipped module {module_name!r} is "
-                f"{type(gm.get_submodule(module_name)).__name__}, expected float nn.Linear"
-            )
-    if not case.static:
-        # Dynamic patterns must actually have been quantized (not left in float).
-        quantized = [m for m in results["convert"].modules() if "quantized" in type(m).__module__]
-        assert quantized, "dynamic pattern was not quantized"
-
-
 @pytest.mark.parametrize("remove_qconfig", [False, True], ids=["keep_qconfig", "remove_qconfig"])
-@pytest.mark.parametrize(
-    "keep_original_weights", [False, True], ids=["drop_orig_weights", "keep_orig_weights"]
-)
-@pytest.mark.parametrize("pattern", FLAG_PATTERNS, ids=FLAG_PATTERNS)
-def test_parity_flags(
-    pattern: str, backend: str, keep_original_weights: bool, remove_qconfig: bool
-) -> None:
+@pytest.mark.parametrize("keep_original_weights", [False, True], ids=["drop_orig_weights", "keep_orig_weights"])
+@pytest.mark.parametrize(("pattern", "backend_name"), _matrix(list(CASES)))
+def test_parity(pattern: str, backend_name: str, keep_original_weights: bool, remove_qconfig: bool, engine) -> None:
     case = CASES[pattern]
-    p = _prepare(case, backend)
-    convert_mapping = case.convert_mapping(p.mapping) if case.convert_mapping else None
-    results = _assert_parity(
-        p,
-        qconfig_mapping=convert_mapping,
-        keep_original_weights=keep_original_weights,
-        remove_qconfig=remove_qconfig,
-    )
-    # The flags must be observable where they apply, so parity above means something.
+    torch.backends.quantized.engine = backend_name
+    p = _prepare(pattern, backend_name)
+    torch.backends.quantized.engine = backend_name
+    spec = _spec(case, backend_name, keep_original_weights=keep_original_weights, remove_qconfig=remove_qconfig)
+    results = _assert_parity(p, spec)
+    _assert_skips_and_quantization(case, backend_name, results)
+
+    # The flags must be observable where they apply, so parity above means something:
+    # keep_original_weights only affects prepacked get_attr weights (functional linear/conv),
+    # _remove_qconfig only modules left in float (pool, skipped or untraceable modules).
     ours = results["convert"]
-    if pattern == "functional_linear":
+    if pattern in ("functional_linear", "functional_conv2d_relu"):
         assert hasattr(ours, "original_weights_lookup") == keep_original_weights
-    if pattern in ("nested_blocks", "skip_at_convert"):
+    if pattern in ("nested_blocks", "skip_at_convert", "skip_module_name", "non_traceable_submodule"):
         assert bool(_qconfigs(ours)) == (not remove_qconfig)
 
 
 @pytest.mark.parametrize(
-    "pattern",
-    [name for name, case in CASES.items() if case.convert_mapping is None],
-    ids=[name for name, case in CASES.items() if case.convert_mapping is None],
+    ("pattern", "backend_name"),
+    [(n, b) for n, c in CASES.items() for b in c.torch_errors],
+    ids=[f"{n}-{b}" for n, c in CASES.items() for b in c.torch_errors],
 )
-def test_reference_code_matches_torch(pattern: str, backend: str) -> None:
-    """The reference stage on its own matches torch's ``convert_to_reference_fx``."""
-    p = _prepare(CASES[pattern], backend)
-    with _fx.fx_quiet():
-        expected = convert_to_reference_fx(
-            copy.deepcopy(p.model), backend_config=p.backend_config
-        )
-    reference = reference_convert(p.model, backend_config=p.backend_config)
-    assert reference.code == expected.code
-    for x in p.inputs:
-        assert torch.equal(_run(reference.graph_module, x), _run(expected, x))
+def test_torch_cannot_convert(pattern: str, backend_name: str, engine) -> None:
+    """Where torch fails, it fails with the recorded error, and so does ours."""
+    case = CASES[pattern]
+    stage, exc, message = case.torch_errors[backend_name]
+    torch.backends.quantized.engine = backend_name
+    if stage == "prepare":
+        with pytest.raises(exc, match=re.escape(message)):
+            _prepare(pattern, backend_name)
+        return
+    p = _prepare(pattern, backend_name)
+    torch.backends.quantized.engine = backend_name
+    with pytest.raises(exc, match=re.escape(message)):
+        _torch_convert(p.model, **_convert_kwargs(p.spec))
+    with pytest.raises(exc, match=re.escape(message)):
+        convert(p.model, **_convert_kwargs(p.spec))
+    reference = reference_convert(p.model, **_reference_kwargs(p.spec))
+    with pytest.raises(exc, match=re.escape(message)):
+        lower(reference)
 
 
 @pytest.mark.parametrize(
-    "pattern",
-    ["conv_bn_relu", "skip_at_convert", "lstm_dynamic"],
-    ids=["conv_bn_relu", "skip_at_convert", "lstm_dynamic"],
+    ("pattern", "backend_name"),
+    _matrix(REFERENCE_PATTERNS, stages=("prepare",), bugs=False),
 )
+def test_reference_code_matches_torch(pattern: str, backend_name: str, engine) -> None:
+    """The reference stage on its own matches torch's ``convert_to_reference_fx``."""
+    torch.backends.quantized.engine = backend_name
+    p = _prepare(pattern, backend_name)
+    torch.backends.quantized.engine = backend_name
+    kwargs = _reference_kwargs(p.spec)
+    with _fx.fx_quiet():
+        expected = convert_to_reference_fx(
+            copy.deepcopy(p.model),
+            convert_custom_config=kwargs["convert_custom_config"],
+            backend_config=kwargs["backend_config"],
+        )
+    reference = p.reference
+    assert reference.code == expected.code
+    assert _module_types(reference.graph_module) == _module_types(expected)
+    assert _submodule_codes(reference.graph_module) == _submodule_codes(expected)
+    for x in p.inputs:
+        assert torch.equal(_run(reference.graph_module, x), _run(expected, x))
+    for attr in CASES[pattern].preserved:
+        assert getattr(reference.graph_module, attr) == getattr(expected, attr)
+
+
+@pytest.mark.parametrize("pattern", ["conv_bn_relu", "skip_at_convert", "lstm_dynamic", "qat_skip_at_convert"])
 def test_does_not_mutate_prepared(pattern: str, backend: str) -> None:
-    case = CASES[pattern]
-    p = _prepare(case, backend)
-    convert_mapping = case.convert_mapping(p.mapping) if case.convert_mapping else None
+    p = _prepare(pattern, backend)
+    torch.backends.quantized.engine = backend
     before = _snapshot(p.model)
 
-    reference = reference_convert(
-        p.model, qconfig_mapping=convert_mapping, backend_config=p.backend_config
-    )
+    reference = reference_convert(p.model, **_reference_kwargs(p.spec))
     _assert_unchanged(p.model, before)
     reference_code = reference.code
     lower(reference)
     assert reference.code == reference_code, "lower() changed the reference model"
 
-    first = convert(p.model, qconfig_mapping=convert_mapping, backend_config=p.backend_config)
+    first = convert(p.model, **_convert_kwargs(p.spec))
     _assert_unchanged(p.model, before)
-    second = convert(p.model, qconfig_mapping=convert_mapping, backend_config=p.backend_config)
+    second = convert(p.model, **_convert_kwargs(p.spec))
     _assert_unchanged(p.model, before)
 
     assert first.code == second.code
     for x in p.inputs:
         assert torch.equal(_run(first, x), _run(second, x))
+
+
+def test_spec_builds_the_torch_configs() -> None:
+    """The spec -> torch path the parity cases rely on actually reaches torch."""
+    p = _prepare("preserved_attributes", "x86")
+    assert p.model.labels == ["cat", "dog", "eel", "fox"] and p.model.threshold == 0.25
+    assert p.spec.convert_custom_config().preserved_attributes == ["labels", "threshold"]
+    p = _prepare("non_traceable_submodule", "x86")
+    assert type(p.model.dyn) is DataDependent  # called as a leaf, not traced into
+    p = _prepare("standalone_submodule", "x86")
+    assert isinstance(p.model.block, torch.fx.GraphModule)  # an observed standalone module
+    p = _prepare("qat_trained", "x86")
+    assert not p.model.training
+    assert any(isinstance(m, torch.ao.nn.intrinsic.qat.ConvBnReLU2d) for m in p.model.modules())
 
 
 def test_convert_rejects_non_graph_module() -> None:
@@ -500,14 +990,15 @@ def test_convert_rejects_unprepared_graph_module() -> None:
         reference_convert(traced)
 
 
-def test_convert_rejects_converted_model() -> None:
-    p = _prepare(CASES["linear_relu"], "x86")
+def test_convert_rejects_converted_model(engine) -> None:
+    p = _prepare("linear_relu", "x86")
+    torch.backends.quantized.engine = "x86"
     converted = convert(p.model)
     with pytest.raises(ConversionError, match=r"was not produced by prepare_fx/prepare_qat_fx"):
         convert(converted)
 
 
 def test_lower_rejects_non_reference_model() -> None:
-    p = _prepare(CASES["linear_relu"], "x86")
+    p = _prepare("linear_relu", "x86")
     with pytest.raises(ConversionError, match=r"lower\(\) takes the ReferenceModel"):
         lower(p.model)
