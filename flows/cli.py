@@ -111,13 +111,12 @@ def _convert_params(args: argparse.Namespace) -> Any:
 def _print_summary(result: Any) -> None:
     m = result.metrics
     rows = [
-        ("top-1 accuracy", f"{100 * m['float_accuracy']:.2f}%", f"{100 * m['int8_accuracy']:.2f}%"),
         ("p50 latency", f"{m['float_latency_p50_ms']:.3f} ms", f"{m['int8_latency_p50_ms']:.3f} ms"),
         ("speedup", "1.00x", f"{m['speedup']:.2f}x"),
         ("size", f"{m['float_size_bytes'] / 1024:.1f} KiB", f"{m['int8_size_bytes'] / 1024:.1f} KiB"),
     ]
-    if "float_accuracy" not in m:
-        rows = rows[1:]
+    if "float_accuracy" in m:
+        rows.insert(0, ("top-1 accuracy", f"{100 * m['float_accuracy']:.2f}%", f"{100 * m['int8_accuracy']:.2f}%"))
     print(f"\n{'':<16}{'float':>14}{'int8':>14}")
     for name, f, q in rows:
         print(f"{name:<16}{f:>14}{q:>14}")

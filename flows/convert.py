@@ -13,6 +13,7 @@ from prefect import flow, runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quant.errors import QuantStageError
+from quant.evaluate import EvaluationSpec
 from quant.fallback import FallbackConfig, FallbackResult
 from quant.gates import GateResult, GatesConfig, check_gates
 from quant.report import render_report
@@ -51,6 +52,9 @@ class ConvertParams(BaseModel):
     )
     data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
     spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Task metrics (classification, regression, embedding, user metric)."
+    )
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks that must pass before promotion.")
     fallback: FallbackConfig = Field(
         default_factory=FallbackConfig,
@@ -147,7 +151,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             quantized = lower(reference, spec)
         else:
             prepared, reference, quantized = _quantize(source.model, dataset, spec)
-        accuracy = validate_accuracy(source.model, quantized, dataset)
+        accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
         coverage = measure_coverage(source.model, reference, quantized)
         with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
             layers, chart = (
@@ -159,12 +163,13 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             accuracy_ok = all(g.passed for g in check_gates(params.gates.accuracy_only(), accuracy))
             if params.fallback.enabled and not accuracy_ok and layers and not params.qat_checkpoint:
                 fallback, chosen = fallback_search(
-                    run_id, source.model, dataset, spec, params.gates, [layer.name for layer in layers], params.fallback
+                    run_id, source.model, dataset, spec, params.gates, [layer.name for layer in layers], params.fallback,
+                    params.evaluation,
                 )
                 if chosen is not None:
                     spec = chosen
                     prepared, reference, quantized = _quantize(source.model, dataset, spec)
-                    accuracy = validate_accuracy(source.model, quantized, dataset)
+                    accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
                     coverage = measure_coverage(source.model, reference, quantized)
             artifact = export_model(quantized, dataset, work_dir)
             reference_artifact = export_reference(reference, dataset, work_dir)

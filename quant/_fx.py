@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch.ao.ns._numeric_suite_fx as numeric_suite
 from torch.ao.ns.fx.utils import compute_sqnr
-from torch.ao.quantization import QConfigMapping
+from torch.ao.quantization import ObserverBase, QConfigMapping
 from torch.ao.quantization.backend_config import (
     BackendConfig,
     get_fbgemm_backend_config,
@@ -35,6 +35,7 @@ from torch.ao.quantization.fx.qconfig_mapping_utils import (
 )
 from torch.ao.quantization.qconfig import QConfigAny
 from torch.ao.quantization.qconfig_mapping import (
+    _get_default_qconfig_mapping_with_default_qconfig,
     get_default_qat_qconfig_mapping,
     get_default_qconfig_mapping,
 )
@@ -48,11 +49,13 @@ from torch.ao.quantization.quantize_fx import (
 
 __all__ = [
     "BackendConfig",
+    "ObserverBase",
     "ConvertCustomConfig",
     "PrepareCustomConfig",
     "QConfigAny",
     "QConfigMapping",
     "_generate_node_name_to_qconfig",
+    "_get_default_qconfig_mapping_with_default_qconfig",
     "_remove_qconfig",
     "_update_qconfig_for_fusion",
     "_update_qconfig_for_qat",

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from quant.convert import convert
-from quant.evaluate import evaluate
+from quant.evaluate import EvaluationSpec, evaluate
 from quant.gates import GatesConfig, check_gates
 from quant.prepare import calibrate, prepare
 from quant.sources import Dataset
@@ -146,6 +146,7 @@ def convert_and_check(
     spec: Any,
     gates: GatesConfig,
     float_layers: Sequence[str] = (),
+    evaluation: EvaluationSpec | None = None,
 ) -> tuple[Trial, torch.nn.Module]:
     """Convert ``model`` with ``float_layers`` kept float, evaluate it and check the accuracy gates."""
     trial_spec = spec_with_float_layers(spec, float_layers)
@@ -158,7 +159,7 @@ def convert_and_check(
         qconfig_mapping=trial_spec.convert_qconfig_mapping_object(),
         backend_config=trial_spec.backend_config_object(),
     )
-    accuracy = evaluate(model, quantized, dataset.evaluation)
+    accuracy = evaluate(model, quantized, dataset.evaluation, evaluation)
     results = check_gates(gates.accuracy_only(), accuracy)
     trial = Trial(tuple(float_layers), all(r.passed for r in results), accuracy.as_metrics())
     return trial, quantized

@@ -23,7 +23,12 @@ class GatesConfig(BaseModel):
         0.01,
         ge=0.0,
         le=1.0,
-        description="Largest allowed float-minus-int8 top-1 accuracy, absolute (0.01 = 1 point).",
+        description="Largest allowed float-minus-int8 top-1 accuracy drop: absolute (0.01 = 1 point), or a "
+        "share of the float accuracy when accuracy_drop_relative. Classification with labels only: set it "
+        "to null for regression/embedding models and gate on SQNR or a metric instead.",
+    )
+    accuracy_drop_relative: bool = Field(
+        False, description="Read max_accuracy_drop as relative to the float accuracy (0.01 = 1% of it)."
     )
     min_agreement: float | None = Field(
         None, ge=0.0, le=1.0, description="Smallest allowed top-1 agreement of int8 with float."
@@ -101,9 +106,11 @@ def check_gates(
             _gate("min_quantized_fraction", value, config.min_quantized_fraction, True, "quantized parameter fraction")
         )
     if config.max_accuracy_drop is not None:
-        results.append(
-            _gate("max_accuracy_drop", accuracy.accuracy_drop, config.max_accuracy_drop, False, "accuracy drop")
-        )
+        if config.accuracy_drop_relative:
+            value, what = accuracy.relative_accuracy_drop, "relative accuracy drop"
+        else:
+            value, what = accuracy.accuracy_drop, "accuracy drop"
+        results.append(_gate("max_accuracy_drop", value, config.max_accuracy_drop, False, what))
     if config.min_agreement is not None:
         results.append(_gate("min_agreement", accuracy.agreement, config.min_agreement, True, "top-1 agreement"))
     if config.min_output_sqnr_db is not None:

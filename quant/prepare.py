@@ -15,7 +15,7 @@ from quant.errors import DataError, SpecError, TracingError
 from quant.sources import Batch
 from quant.spec import QuantSpec, resolve_dotted
 
-__all__ = ["calibrate", "check_inputs_fit", "prepare"]
+__all__ = ["calibrate", "check_inputs_fit", "degenerate_ranges", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,3 +182,35 @@ def calibrate(
     if seen < max_batches:
         logger.warning("calibration saw %d batches, fewer than the %d asked for", seen, max_batches)
     return seen
+
+
+def _observed_name(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "placeholder":
+        return f"input {node.name!r}"
+    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+
+
+def degenerate_ranges(prepared: GraphModule) -> list[str]:
+    """One message per activation observer whose calibrated range cannot quantize well.
+
+    Never observed (calibration did not reach it), a zero range (a constant tensor: scale
+    collapses to epsilon), or a non-finite range (inf/NaN in the data): each names the
+    module or node whose output the observer watches.
+    """
+    modules = dict(prepared.named_modules())
+    messages = []
+    for node in prepared.graph.nodes:
+        observer = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(observer, _fx.ObserverBase) or not hasattr(observer, "min_val") or not node.args:
+            continue
+        where = _observed_name(node.args[0])
+        lo, hi = observer.min_val, observer.max_val
+        if lo.numel() == 0 or bool((lo > hi).any()):
+            messages.append(f"calibration never reached the output of {where}: its observer saw no data")
+        elif not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+            messages.append(f"the output of {where} has a non-finite range [{lo.min().item()}, {hi.max().item()}]: scale would be infinite")
+        elif bool((hi - lo == 0).all()):
+            messages.append(f"the output of {where} was constant ({lo.min().item()}) during calibration: zero range, degenerate scale")
+    return messages

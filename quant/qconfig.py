@@ -28,6 +28,7 @@ from quant.errors import SpecError
 
 __all__ = [
     "MAPPING_PRESETS",
+    "ObserverSpec",
     "QCONFIG_PRESETS",
     "QConfigMappingSpec",
     "QConfigOverride",
@@ -81,6 +82,41 @@ def _resolve(path: str) -> Any:
     from quant.spec import resolve_dotted
 
     return resolve_dotted(path)
+
+
+_ACTIVATION_OBSERVERS = {
+    "minmax": _qc.MinMaxObserver,
+    "moving_average": _qc.MovingAverageMinMaxObserver,
+    "histogram": _qc.HistogramObserver,
+}
+# backends whose int8 kernels want activations in 7 bits (reduce_range), as torch's defaults do
+_REDUCE_RANGE_BACKENDS = ("x86", "fbgemm")
+
+
+class ObserverSpec(BaseModel):
+    """Which observers calibrate static int8: replaces the preset's default qconfig everywhere it is used."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    activation: Literal["minmax", "moving_average", "histogram"] = Field(
+        "histogram", description="Activation observer: min/max, moving-average min/max, or histogram (MSE search)."
+    )
+    weight: Literal["per_channel", "per_tensor"] = Field(
+        "per_channel", description="Weight observer: per-output-channel or per-tensor symmetric int8."
+    )
+    reduce_range: bool | None = Field(
+        None, description="7-bit activations (x86/fbgemm default: true; qnnpack/onednn: false)."
+    )
+
+    def qconfig(self, backend: str) -> Any:
+        reduce_range = self.reduce_range if self.reduce_range is not None else backend in _REDUCE_RANGE_BACKENDS
+        activation = _ACTIVATION_OBSERVERS[self.activation].with_args(dtype=torch.quint8, reduce_range=reduce_range)
+        weight = (
+            _qc.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+            if self.weight == "per_channel"
+            else _qc.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        )
+        return _qc.QConfig(activation=activation, weight=weight)
 
 
 class QConfigOverride(BaseModel):
@@ -155,9 +191,23 @@ class QConfigMappingSpec(BaseModel):
         "global float16 dynamic (weight-only fp16), none = empty.",
     )
     overrides: tuple[QConfigOverride, ...] = Field((), description="Setter calls applied in order.")
+    observers: ObserverSpec | None = Field(
+        None,
+        description="static preset only: calibrate with these observers instead of the backend's defaults "
+        "(torch keeps its fixed-qparams qconfigs for sigmoid/tanh/softmax...).",
+    )
+
+    @model_validator(mode="after")
+    def _observers_need_static(self) -> QConfigMappingSpec:
+        if self.observers is not None and self.preset != "static":
+            raise ValueError(f"observers apply to the static preset, not {self.preset!r}")
+        return self
 
     def build(self, backend: str) -> Any:
-        mapping = MAPPING_PRESETS[self.preset](backend)
+        if self.observers is not None:
+            mapping = _fx._get_default_qconfig_mapping_with_default_qconfig(False, backend, self.observers.qconfig(backend))
+        else:
+            mapping = MAPPING_PRESETS[self.preset](backend)
         for override in self.overrides:
             override.apply(mapping, backend)
         return mapping

@@ -63,8 +63,9 @@ def render_report(
     lines += [f"| {m} | {f} | {q} |" for m, f, q in summary_rows(accuracy, benchmarks[0])]
     lines += [
         "",
-        f"Top-1 agreement {accuracy.agreement:.4f}, output SQNR {accuracy.sqnr_db:.2f} dB "
-        f"over {accuracy.samples} samples.",
+        (f"Top-1 agreement {accuracy.agreement:.4f}, " if accuracy.agreement is not None else "")
+        + f"output SQNR {accuracy.sqnr_db:.2f} dB over {accuracy.samples} samples."
+        + "".join(f" {k}: {v:.4g}." for k, v in accuracy.extra.items()),
         "",
         "## Gates",
         "",

@@ -261,7 +261,7 @@ class QuantSpec(_Spec):
         base = self.qconfig_mapping or QConfigMappingSpec(preset=_MODE_PRESET[self.mode])
         skips = [QConfigOverride(set="object_type", key=p, qconfig=None) for p in self.skip_object_types]
         skips += [QConfigOverride(set="module_name", key=n, qconfig=None) for n in self.skip_modules]
-        return QConfigMappingSpec(preset=base.preset, overrides=(*base.overrides, *skips))
+        return base.model_copy(update={"overrides": (*base.overrides, *skips)})
 
     def qconfig_mapping_object(self) -> Any:
         """The QConfigMapping for prepare_fx / prepare_qat_fx."""

@@ -9,6 +9,7 @@ from torch.fx import GraphModule
 
 from quant.errors import SpecError
 from quant.prepare import calibrate as run_calibration
+from quant.prepare import degenerate_ranges
 from quant.prepare import prepare
 from quant.sources import Dataset
 from quant.qat import load_qat_checkpoint
@@ -36,6 +37,8 @@ def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec) -> Grap
             logger.info("calibration %d/%d batches", seen, total)
 
     seen = run_calibration(prepared, dataset.calibration, max_batches=spec.calibration_batches, on_batch=progress)
+    for message in degenerate_ranges(prepared):
+        logger.warning("degenerate calibration: %s", message)
     if seen < spec.calibration_batches:
         logger.warning(
             "calibration saw %d batches, fewer than the %d asked for: the data has only %d",

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from quant.benchmark import benchmark
 from quant.fallback import FallbackConfig, FallbackResult, Trial, convert_and_check, search_fallback, spec_with_float_layers
+from quant.evaluate import EvaluationSpec
 from quant.gates import GatesConfig
 from quant.sources import Dataset
 from quant.spec import QuantSpec
@@ -33,6 +34,7 @@ def fallback_search(
     gates: GatesConfig,
     ranking: Sequence[str],
     config: FallbackConfig,
+    evaluation: EvaluationSpec | None = None,
 ) -> tuple[FallbackResult, QuantSpec | None]:
     """Search for layers to keep float; log each trial as a nested run; return the result and chosen spec."""
     logger = run_logger()
@@ -41,7 +43,7 @@ def fallback_search(
     example = dataset.example_inputs
 
     def evaluate(float_layers: tuple[str, ...]) -> Trial:
-        trial, quantized = convert_and_check(model, dataset, spec, gates, float_layers)
+        trial, quantized = convert_and_check(model, dataset, spec, gates, float_layers, evaluation)
         latency = benchmark(model, quantized, example, iterations=20, warmup=3).quant_latency.p50_ms
         trial.metrics["int8_latency_p50_ms"] = latency
         number = len(trials_logged) + 1

@@ -6,7 +6,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.evaluate import AccuracyReport, evaluate
+from quant.evaluate import AccuracyReport, EvaluationSpec, evaluate
 from quant.sources import Dataset
 from tasks._common import run_logger
 
@@ -15,14 +15,11 @@ __all__ = ["validate_accuracy"]
 
 @task(name="validate_accuracy", cache_policy=NO_CACHE)
 def validate_accuracy(
-    float_model: torch.nn.Module, quantized: torch.nn.Module, dataset: Dataset
+    float_model: torch.nn.Module, quantized: torch.nn.Module, dataset: Dataset, evaluation: EvaluationSpec | None = None
 ) -> AccuracyReport:
     """Top-1 accuracy, top-1 agreement and output SQNR of ``quantized`` against ``float_model``."""
     logger = run_logger()
     logger.info("evaluating float and int8 on %d samples", dataset.num_eval_samples)
-    report = evaluate(float_model, quantized, dataset.evaluation)
-    logger.info(
-        "float accuracy %s, int8 accuracy %s, agreement %.4f, SQNR %.2f dB",
-        report.float_accuracy, report.quant_accuracy, report.agreement, report.sqnr_db,
-    )
+    report = evaluate(float_model, quantized, dataset.evaluation, evaluation)
+    logger.info("%s", ", ".join(f"{k} {v:.4g}" for k, v in report.as_metrics().items()))
     return report

@@ -25,7 +25,7 @@ from quant.artifacts import export_torchscript, load_torchscript
 from quant.benchmark import BenchmarkReport, LatencyStats, benchmark, serialized_size, threads
 from quant.convert import convert
 from quant.errors import ArtifactError, DataError, TracingError
-from quant.evaluate import AccuracyReport, evaluate, sqnr_db
+from quant.evaluate import AccuracyReport, EvaluationSpec, evaluate, sqnr_db
 from quant.gates import GatesConfig, check_gates
 from quant.models import DigitsCNN
 from quant.prepare import calibrate, check_inputs_fit, prepare
@@ -484,7 +484,48 @@ def test_evaluate_exact_accuracy_and_agreement() -> None:
         "float_accuracy": 0.75,
         "int8_accuracy": 0.25,
         "accuracy_drop": 0.5,
+        # 3 classes: top-5 holds every label
+        "float_top5_accuracy": 1.0,
+        "int8_top5_accuracy": 1.0,
     }
+    top2 = evaluate(nn.Identity(), quant_model, batches, EvaluationSpec(top_k=2)).as_metrics()
+    assert top2["float_top2_accuracy"] >= top2["float_accuracy"]
+
+
+def test_evaluate_regression_and_embedding_metrics() -> None:
+    x = torch.randn(32, 8)
+    batches = [(x[:16], x[:16]), (x[16:], x[16:])]  # targets = the float outputs
+    noisy = Scale(torch.full((8,), 1.01))
+    regression = evaluate(nn.Identity(), noisy, batches, EvaluationSpec(task="regression")).as_metrics()
+    assert regression["float_mse"] == 0.0
+    assert regression["int8_mse"] == pytest.approx(regression["output_mse"])
+    assert regression["cosine_similarity"] == pytest.approx(1.0)
+    assert "agreement" not in regression and "float_accuracy" not in regression
+    embedding = evaluate(nn.Identity(), noisy, [(x, None)], EvaluationSpec(task="embedding")).as_metrics()
+    assert set(embedding) == {"output_sqnr_db", "output_mse", "cosine_similarity"}
+    assert embedding["output_sqnr_db"] == pytest.approx(40.0, abs=0.1)  # 1% amplitude error
+
+
+def max_abs_error(f: torch.Tensor, q: torch.Tensor, y) -> float:
+    return (f - q).abs().max().item()
+
+
+def test_evaluate_user_metric() -> None:
+    x = torch.randn(8, 3)
+    spec = EvaluationSpec(task="embedding", metric="tests.quant.test_stages:max_abs_error")
+    metrics = evaluate(nn.Identity(), Scale(torch.full((3,), 2.0)), [(x, None)], spec).as_metrics()
+    assert metrics["metric.max_abs_error"] == pytest.approx(x.abs().max().item())
+    with pytest.raises(ValueError, match=r"metric 'nope' must be 'module:function'"):
+        EvaluationSpec(metric="nope")
+
+
+def test_relative_accuracy_drop_gate() -> None:
+    report = AccuracyReport(samples=10, float_accuracy=0.5, quant_accuracy=0.45, agreement=0.9, sqnr_db=30.0)
+    absolute = check_gates(GatesConfig(max_accuracy_drop=0.06), report)[0]
+    relative = check_gates(GatesConfig(max_accuracy_drop=0.06, accuracy_drop_relative=True), report)[0]
+    assert absolute.passed and absolute.value == pytest.approx(0.05)
+    assert not relative.passed and relative.value == pytest.approx(0.1)
+    assert "relative accuracy drop" in relative.reason
 
 
 def test_evaluate_without_targets() -> None:
@@ -701,7 +742,10 @@ def test_gate(name: str, accuracy: AccuracyReport, bench: BenchmarkReport | None
     assert result.as_dict()["name"] == name
 
 
-@pytest.mark.parametrize("disabled", list(GatesConfig.model_fields), ids=list(GatesConfig.model_fields))
+THRESHOLD_GATES = ["max_accuracy_drop", "min_agreement", "min_output_sqnr_db", "min_speedup", "max_size_ratio"]
+
+
+@pytest.mark.parametrize("disabled", THRESHOLD_GATES, ids=THRESHOLD_GATES)
 def test_none_disables_a_gate(disabled: str) -> None:
     config = ALL_GATES.model_copy(update={disabled: None})
     names = [r.name for r in check_gates(config, _accuracy(), _bench())]
