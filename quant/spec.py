@@ -347,18 +347,28 @@ def _quant_type(name: str) -> Any:
 
 
 def _skip_fused_forms(mapping: Any, backend_config: Any) -> None:
-    """A type skipped with ``None`` also skips the fused modules its patterns start.
+    """A type or op skipped with ``None`` also skips the fused modules whose pattern holds it.
 
-    Fusion turns Linear+ReLU into LinearReLU (and so on), which would otherwise still get
-    the global qconfig and be quantized although its Linear was asked to stay float.
+    Fusion turns Linear+ReLU into LinearReLU, Conv+add into ConvAdd2d (onednn), and so on;
+    the fused module would otherwise still get the global qconfig and be quantized although
+    a part of it was asked to stay float (a fused module is quantized whole or not at all).
     """
-    skipped = [t for t, q in mapping.object_type_qconfigs.items() if q is None and isinstance(t, type)]
-    for obj in skipped:
-        for config in backend_config.configs:
-            pattern = config.pattern
-            if config.fused_module is not None and isinstance(pattern, tuple) and pattern[0] is obj:
-                if config.fused_module not in mapping.object_type_qconfigs:
-                    mapping.set_object_type(config.fused_module, None)
+    skipped = [t for t, q in mapping.object_type_qconfigs.items() if q is None]
+    if not skipped:
+        return
+    for config in backend_config.configs:
+        if config.fused_module is None or config.fused_module in mapping.object_type_qconfigs:
+            continue
+        pattern = config.pattern if config.pattern is not None else config._pattern_complex_format
+        members = set(_flatten(pattern))
+        if any(obj in members for obj in skipped):
+            mapping.set_object_type(config.fused_module, None)
+
+
+def _flatten(pattern: Any) -> list[Any]:
+    if isinstance(pattern, tuple):
+        return [leaf for part in pattern for leaf in _flatten(part)]
+    return [pattern]
 
 
 def load_spec(path: str | Path) -> QuantSpec:
