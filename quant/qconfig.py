@@ -221,14 +221,21 @@ def _name(key: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+def _observer(factory: Any) -> str:
+    """An observer factory as ``Class(arg=value, ...)``: the with_args keywords tell presets apart."""
+    p = getattr(factory, "p", None)
+    func = getattr(p, "func", p)
+    name = getattr(func, "__name__", None)
+    if name is None:
+        return repr(factory)
+    kwargs = ", ".join(f"{k}={v}" for k, v in (getattr(p, "keywords", None) or {}).items())
+    return f"{name}({kwargs})" if kwargs else name
+
+
 def _show(qconfig: Any) -> str:
     if qconfig is None:
         return "None"
-    act = getattr(qconfig.activation, "p", None)
-    weight = getattr(qconfig.weight, "p", None)
-    act_name = getattr(getattr(act, "func", act), "__name__", repr(qconfig.activation))
-    weight_name = getattr(getattr(weight, "func", weight), "__name__", repr(qconfig.weight))
-    return f"QConfig(activation={act_name}, weight={weight_name})"
+    return f"QConfig(activation={_observer(qconfig.activation)}, weight={_observer(qconfig.weight)})"
 
 
 def check_convert_mapping(prepare_mapping: Any, convert_mapping: Any) -> None:

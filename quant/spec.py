@@ -259,9 +259,14 @@ class QuantSpec(_Spec):
     def mapping_spec(self) -> QConfigMappingSpec:
         """The prepare-time mapping as data, with the skip shorthands appended as overrides."""
         base = self.qconfig_mapping or QConfigMappingSpec(preset=_MODE_PRESET[self.mode])
+        return base.model_copy(update={"overrides": (*base.overrides, *self._skip_overrides())})
+
+    def _skip_overrides(self) -> list[QConfigOverride]:
+        """skip_object_types / skip_modules as null overrides, for both mappings: a part kept
+        float at prepare stays float at convert, and convert_fx needs its key there too."""
         skips = [QConfigOverride(set="object_type", key=p, qconfig=None) for p in self.skip_object_types]
         skips += [QConfigOverride(set="module_name", key=n, qconfig=None) for n in self.skip_modules]
-        return base.model_copy(update={"overrides": (*base.overrides, *skips)})
+        return skips
 
     def qconfig_mapping_object(self) -> Any:
         """The QConfigMapping for prepare_fx / prepare_qat_fx."""
@@ -273,7 +278,8 @@ class QuantSpec(_Spec):
         """The convert-time QConfigMapping for convert_fx, or None (use prepare's)."""
         if self.convert_qconfig_mapping is None:
             return None
-        mapping = self.convert_qconfig_mapping.build(self.backend)
+        base = self.convert_qconfig_mapping
+        mapping = base.model_copy(update={"overrides": (*base.overrides, *self._skip_overrides())}).build(self.backend)
         _skip_fused_forms(mapping, self.backend_config_object())
         return mapping
 

@@ -13,16 +13,31 @@ spec -> torch path is covered too) and the spec's convert-time objects
 ``backend_config_object()``, ``keep_original_weights``, ``remove_qconfig``) are passed to
 all three converters.
 
-Matrix size: ``test_parity`` runs ``len(CASES)`` patterns (28) x 4 backends x 4 flag
-combinations = 448 items. Every pattern applies to all four backends; the one
-(pattern, backend) pair torch itself cannot convert (``float16_linear`` on qnnpack) is a
-strict xfail carrying torch's exact error, so 444 pass. A prepared (and calibrated or
-QAT-trained) model is built once per (pattern, backend) and shared by the four flag
-combinations: conversion never mutates it (``test_does_not_mutate_prepared``).
+Matrix size: ``test_parity`` runs 31 patterns (``CASES``) x 4 backends x 4 flag
+combinations = 496 items; 472 pass and 24 are strict xfails carrying torch's exact error:
+
+* 30 patterns convert on at least one backend. Their (pattern, backend) pairs: 124
+  - 4 (``functional_conv2d_defaults``: torch cannot lower F.conv2d without positional
+  stride/padding/dilation, on any backend; it stays in the matrix as a record)
+  - 1 (``conv_transpose_bn`` on onednn: torch's prepare_fx rejects the per-channel weight
+  observer of onednn's default qconfig for ConvTranspose2d;
+  ``conv_transpose_bn_per_tensor`` covers onednn)
+  - 1 (``float16_linear`` on qnnpack: no fp16 prepack kernel) = 118 pairs x 4 flags = 472.
+* Of those 118 pairs, 3 are not applicable (onednn's BackendConfig has no float16 Linear
+  and no float-qparams quint8 embeddings, so torch and we leave ``float16_linear``,
+  ``embedding_weight_only`` and ``embedding_bag_weight_only`` float there; asserted).
+  That leaves 115 applicable pairs x 4 flag combinations = 460 passing parity checks of
+  quantized patterns (>= 20 patterns on every backend they apply to).
+
+A prepared (and calibrated or QAT-trained) model, and its ``reference_convert``, are made
+once per (pattern, backend) and shared by the four flag combinations: neither conversion
+nor lowering mutates them (``test_does_not_mutate_prepared``). One intra-op thread keeps
+the file fast (tiny tensors) and steady on shared cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import operator
@@ -367,8 +382,6 @@ class Case:
     # backend -> (stage, exception type, exact message) for pairs torch itself cannot quantize:
     # stage "prepare" (torch's prepare_fx raises) or "convert" (torch's convert_fx raises)
     torch_errors: dict[str, tuple[str, type[Exception], str]] = dataclasses.field(default_factory=dict)
-    # backend -> a bug in quant/ that makes this pair fail (a strict xfail until it is fixed)
-    quant_bugs: dict[str, str] = dataclasses.field(default_factory=dict)
     # backend -> expectation fields (quantized, float_modules, float_functions) that differ there
     on_backend: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -412,14 +425,6 @@ _FUNCTIONAL_CONV_DEFAULTS = (
     "int[] dilation, int groups) -> __torch__.torch.classes.quantized.Conv2dPackedParamsBase",
 )
 
-# quant/spec.py: _skip_fused_forms only follows simple-format patterns whose first op is a
-# skipped class; onednn's conv+add fusion (ConvAdd2d) is a complex-format pattern rooted at
-# operator.add, so skipping operator.add (or nn.Conv2d) leaves the fused add quantized.
-_ONEDNN_CONV_ADD_SKIP = (
-    "quant/spec.py bug: skip_object_types operator.add does not skip onednn's fused ConvAdd2d "
-    "(a complex-format pattern, which _skip_fused_forms ignores), so conv1+add stay quantized"
-)
-
 CASES: dict[str, Case] = {
     # -- fusions and plain static ops
     "conv_bn_relu": Case(ConvBnRelu, _image, quantized=("conv",)),
@@ -430,7 +435,11 @@ CASES: dict[str, Case] = {
     "conv_transpose_bn_per_tensor": Case(
         ConvTransposeBn,
         _image,
-        spec={"qconfig_mapping": _mapping("static", _override("object_type", "torch.nn.ConvTranspose2d", "per_tensor"))},
+        spec={
+            "qconfig_mapping": _mapping(
+                "static", _override("object_type", "torch.nn.ConvTranspose2d", "per_tensor")
+            )
+        },
         quantized=("deconv",),
     ),
     "linear_relu": Case(LinearRelu, _features, quantized=("fc",)),
@@ -504,8 +513,7 @@ CASES: dict[str, Case] = {
         spec={"skip_object_types": ["operator.add"]},
         quantized=("conv1", "conv2"),
         float_functions={operator.add: 1},
-        quant_bugs={"onednn": _ONEDNN_CONV_ADD_SKIP},
-        # onednn fuses conv1+add into ConvAdd2d: skipping the add must keep that float
+        # onednn fuses conv1+add into ConvAdd2d: skipping the add must keep that float, whole
         on_backend={
             "onednn": {
                 "quantized": ("conv2",),
@@ -529,7 +537,11 @@ CASES: dict[str, Case] = {
         float_modules={"fc": torch.ao.nn.intrinsic.LinearReLU},
     ),
     "skip_module_name": Case(
-        WithHead, _features, spec={"qconfig_mapping": _SKIP_HEAD}, quantized=("body",), float_modules={"head": nn.Linear}
+        WithHead,
+        _features,
+        spec={"qconfig_mapping": _SKIP_HEAD},
+        quantized=("body",),
+        float_modules={"head": nn.Linear},
     ),
     "skip_modules_shorthand": Case(
         WithHead, _features, spec={"skip_modules": ["head"]}, quantized=("body",), float_modules={"head": nn.Linear}
@@ -624,6 +636,7 @@ class Prepared:
     model: torch.fx.GraphModule
     spec: QuantSpec
     inputs: list[tuple[torch.Tensor, ...]]
+    pattern: str = ""
     _reference: ReferenceModel | None = None
 
     @property
@@ -634,6 +647,23 @@ class Prepared:
             self._reference = reference_convert(self.model, **_reference_kwargs(self.spec))
             assert isinstance(self._reference, ReferenceModel)
         return self._reference
+
+
+class TorchCannotQuantize(Exception):
+    """torch's own prepare_fx/convert_fx raised exactly the error recorded for the pair."""
+
+
+@contextlib.contextmanager
+def _torch_stage(pattern: str, backend: str, stage: str):
+    """Turn the error recorded in ``torch_errors`` for this pair and stage (only that one,
+    matched by type and message) into TorchCannotQuantize, which the xfails expect."""
+    try:
+        yield
+    except Exception as exc:
+        known = CASES[pattern].torch_errors.get(backend) if pattern in CASES else None
+        if known and known[0] == stage and isinstance(exc, known[1]) and known[2] in str(exc):
+            raise TorchCannotQuantize(f"torch {stage}_fx: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def _spec(case: Case, backend: str, **flags: bool) -> QuantSpec:
@@ -663,7 +693,8 @@ def _prepare(pattern: str, backend: str) -> Prepared:
         torch.manual_seed(SEED)
         spec = _spec(case, backend)
         model = case.model().eval()
-        prepared = prepare(model, case.make_inputs(), spec)
+        with _torch_stage(pattern, backend, "prepare"):
+            prepared = prepare(model, case.make_inputs(), spec)
         if spec.mode == "qat":
             _train_qat(prepared, case)  # no calibration: the fake-quant observers were trained
         else:
@@ -671,7 +702,7 @@ def _prepare(pattern: str, backend: str) -> Prepared:
                 for _ in range(CALIBRATION_BATCHES):
                     prepared(*case.make_inputs())
         inputs = [case.make_inputs() for _ in range(EVAL_BATCHES)]
-        _PREPARED[key] = Prepared(prepared, spec, inputs)
+        _PREPARED[key] = Prepared(prepared, spec, inputs, pattern)
     return _PREPARED[key]
 
 
@@ -703,7 +734,8 @@ def _run(gm: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def _three_ways(p: Prepared, spec: QuantSpec) -> dict[str, torch.fx.GraphModule]:
-    expected = _torch_convert(p.model, **_convert_kwargs(spec))
+    with _torch_stage(p.pattern, spec.backend, "convert"):
+        expected = _torch_convert(p.model, **_convert_kwargs(spec))
     ours = convert(p.model, **_convert_kwargs(spec))
     lowered = lower(
         p.reference, keep_original_weights=spec.keep_original_weights, remove_qconfig=spec.remove_qconfig
@@ -840,7 +872,7 @@ def _assert_skips_and_quantization(case: Case, backend: str, results: dict[str, 
             assert quantized or _quantized_calls(gm), f"{name}: nothing was quantized"
         for attr in case.preserved:
             assert hasattr(gm, attr), f"{name}: preserved attribute {attr!r} is gone"
-            assert getattr(gm, attr) == getattr(results["convert_fx"], attr)
+            assert getattr(gm, attr) == getattr(float_model, attr), f"{name}: {attr!r} changed"
 
 
 def _snapshot(gm: torch.fx.GraphModule) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
@@ -861,9 +893,9 @@ def _assert_unchanged(gm: torch.fx.GraphModule, snapshot) -> None:
     assert _module_types(gm) == modules, "submodules changed"
 
 
-def _matrix(patterns: list[str], stages: tuple[str, ...] = ("prepare", "convert"), bugs: bool = True) -> list[Any]:
-    """(pattern, backend) params; pairs torch itself cannot quantize at one of ``stages`` and
-    (with ``bugs``) pairs a known quant/ bug breaks are strict xfails."""
+def _matrix(patterns: list[str], stages: tuple[str, ...] = ("prepare", "convert")) -> list[Any]:
+    """(pattern, backend) params; pairs torch itself cannot quantize at one of ``stages`` are
+    strict xfails carrying torch's exact error."""
     params = []
     for pattern in patterns:
         for backend in BACKENDS:
@@ -871,10 +903,7 @@ def _matrix(patterns: list[str], stages: tuple[str, ...] = ("prepare", "convert"
             if backend in CASES[pattern].torch_errors and CASES[pattern].torch_errors[backend][0] in stages:
                 stage, exc, message = CASES[pattern].torch_errors[backend]
                 reason = f"torch: {stage}_fx raises {exc.__name__}: {message}"
-                marks.append(pytest.mark.xfail(strict=True, raises=exc, reason=reason))
-            elif bugs and backend in CASES[pattern].quant_bugs:
-                reason = CASES[pattern].quant_bugs[backend]
-                marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+                marks.append(pytest.mark.xfail(strict=True, raises=TorchCannotQuantize, reason=reason))
             params.append(pytest.param(pattern, backend, marks=marks, id=f"{pattern}-{backend}"))
     return params
 
@@ -895,7 +924,6 @@ def engine():
 @pytest.mark.parametrize(("pattern", "backend_name"), _matrix(list(CASES)))
 def test_parity(pattern: str, backend_name: str, keep_original_weights: bool, remove_qconfig: bool, engine) -> None:
     case = CASES[pattern]
-    torch.backends.quantized.engine = backend_name
     p = _prepare(pattern, backend_name)
     torch.backends.quantized.engine = backend_name
     spec = _spec(case, backend_name, keep_original_weights=keep_original_weights, remove_qconfig=remove_qconfig)
@@ -923,8 +951,18 @@ def test_torch_cannot_convert(pattern: str, backend_name: str, engine) -> None:
     stage, exc, message = case.torch_errors[backend_name]
     torch.backends.quantized.engine = backend_name
     if stage == "prepare":
+        spec = _spec(case, backend_name)
+        inputs = case.make_inputs()
+        with _fx.fx_quiet(), pytest.raises(exc, match=re.escape(message)):
+            _fx.prepare_fx(
+                case.model().eval(),
+                spec.qconfig_mapping_object(),
+                inputs,
+                prepare_custom_config=spec.prepare_custom_config(),
+                backend_config=spec.backend_config_object(),
+            )
         with pytest.raises(exc, match=re.escape(message)):
-            _prepare(pattern, backend_name)
+            prepare(case.model().eval(), inputs, spec)
         return
     p = _prepare(pattern, backend_name)
     torch.backends.quantized.engine = backend_name
@@ -932,14 +970,13 @@ def test_torch_cannot_convert(pattern: str, backend_name: str, engine) -> None:
         _torch_convert(p.model, **_convert_kwargs(p.spec))
     with pytest.raises(exc, match=re.escape(message)):
         convert(p.model, **_convert_kwargs(p.spec))
-    reference = reference_convert(p.model, **_reference_kwargs(p.spec))
     with pytest.raises(exc, match=re.escape(message)):
-        lower(reference)
+        lower(p.reference)
 
 
 @pytest.mark.parametrize(
     ("pattern", "backend_name"),
-    _matrix(REFERENCE_PATTERNS, stages=("prepare",), bugs=False),
+    _matrix(REFERENCE_PATTERNS, stages=("prepare",)),
 )
 def test_reference_code_matches_torch(pattern: str, backend_name: str, engine) -> None:
     """The reference stage on its own matches torch's ``convert_to_reference_fx``."""
