@@ -61,7 +61,14 @@ def load_qat_checkpoint(
         )
     spec = QuantSpec.model_validate_json(data["spec"])
     prepared = prepare(float_model, example_inputs, spec)
-    result = prepared.load_state_dict(data["state_dict"], strict=False)
+    try:
+        result = prepared.load_state_dict(data["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line][:3]
+        raise SpecError(
+            f"QAT checkpoint {str(path)!r} does not match {type(float_model).__name__} prepared with its spec: "
+            f"{'; '.join(mismatches) or str(exc).splitlines()[0]}; give the float model the checkpoint was trained from"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise SpecError(
             f"QAT checkpoint {str(path)!r} does not match {type(float_model).__name__} prepared with its spec: "

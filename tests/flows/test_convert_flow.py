@@ -170,3 +170,21 @@ def test_qat_checkpoint_with_conflicting_spec_is_refused(converted, tmp_path) ->
     )
     with pytest.raises(SpecError, match=r"differs from the one that prepared the QAT checkpoint"):
         state.result()
+
+
+def test_spec_that_quantizes_nothing_fails_its_gate(converted) -> None:
+    params = ConvertParams(
+        model_uri="models:/digits-cnn@champion",
+        registered_name="digits-cnn-nothing",
+        spec={"qconfig_mapping": {"preset": "none"}},
+        sensitivity=False,
+        benchmark_iterations=5,
+    )
+    state = convert_flow(params, return_state=True)
+    with pytest.raises(GateFailure, match=r"the spec quantized nothing: no weighted layer ended as a quantized op \(0/5"):
+        state.result()
+    client = mlflow.MlflowClient()
+    version = client.search_model_versions("name='digits-cnn-nothing'")[0]
+    coverage = json.loads(open(client.download_artifacts(version.tags["mlflow_run_id"], "coverage/coverage.json")).read())
+    rows = [dict(zip(coverage["columns"], row)) for row in coverage["data"]]
+    assert rows and all(r["status"] == "float" for r in rows)
