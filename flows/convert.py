@@ -12,6 +12,7 @@ import tempfile
 from prefect import flow, runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from quant.benchmark import benchmark_table
 from quant.errors import QuantStageError
 from quant.evaluate import EvaluationSpec
 from quant.fallback import FallbackConfig, FallbackResult
@@ -67,8 +68,26 @@ class ConvertParams(BaseModel):
     )
     alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
     experiment: str = Field("quantstage", description="MLflow experiment of the conversion run.")
-    benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model and batch size.")
-    benchmark_threads: int = Field(1, ge=1, description="torch intra-op threads while benchmarking.")
+    benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model, batch size and thread count.")
+    benchmark_threads: tuple[int, ...] = Field(
+        (1,), min_length=1, description="torch intra-op thread counts to benchmark (the first gives the headline)."
+    )
+    benchmark_batch_sizes: tuple[int, ...] | None = Field(
+        None, description="Batch sizes to benchmark; default: the data's batch size (headline), then 1."
+    )
+    benchmark_max_cv: float | None = Field(
+        0.25, gt=0.0, description="Coefficient of variation above which a timing is re-measured, then marked unstable."
+    )
+    ship_tolerance: float = Field(
+        0.0, ge=0.0,
+        description="Largest absolute output difference a shipped TorchScript form may have against the lowered "
+        "model (0: bit-exact).",
+    )
+
+    @field_validator("benchmark_threads", "benchmark_batch_sizes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, int) else value
     qat_checkpoint: str | None = Field(
         None,
         description="A model trained with prepare_qat_fx elsewhere: path or MLflow artifact URI of a "
@@ -171,18 +190,24 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     prepared, reference, quantized = _quantize(source.model, dataset, spec)
                     accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
                     coverage = measure_coverage(source.model, reference, quantized)
-            artifact = export_model(quantized, dataset, work_dir)
+            artifact, variants = export_model(quantized, dataset, work_dir, params.ship_tolerance)
             reference_artifact = export_reference(reference, dataset, work_dir)
-            benchmarks = benchmark_model(
+            benchmarks, machine, latency_png = benchmark_model(
                 source.model, artifact.module, dataset,
+                batch_sizes=params.benchmark_batch_sizes,
+                threads=params.benchmark_threads,
                 iterations=params.benchmark_iterations,
-                num_threads=params.benchmark_threads,
+                max_cv=params.benchmark_max_cv,
+                out_dir=work_dir,
+                name=params.target_name,
             )
             gates = check_gates(params.gates, accuracy, benchmarks[0], coverage)
             passed = all(g.passed for g in gates)
             metrics = accuracy.as_metrics() | benchmarks[0].as_metrics()
             for b in benchmarks[1:]:
-                metrics |= {f"{k}_bs{b.batch_size}": v for k, v in b.latency_metrics().items()}
+                metrics |= {f"{k}_bs{b.batch_size}_t{b.threads}": v for k, v in b.latency_metrics().items()}
+            if benchmarks[0].peak_rss_mib is not None:
+                metrics["peak_rss_mib"] = benchmarks[0].peak_rss_mib
             metrics |= {f"gate.{g.name}.passed": float(g.passed) for g in gates}
             metrics["gates_passed"] = float(passed)
             metrics |= {"quantized_layers": float(coverage.quantized_count), "quantized_fraction": coverage.quantized_fraction}
@@ -190,9 +215,9 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             report = render_report(
                 source_uri=params.model_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
                 gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
-                sensitivity=layers, fallback=fallback, coverage=coverage,
+                sensitivity=layers, fallback=fallback, coverage=coverage, variants=variants, machine=machine,
             )
-            files = {str(reference_artifact.path): "reference"}
+            files = {str(reference_artifact.path): "reference", latency_png: "benchmark"}
             if chart:
                 files[chart] = "sensitivity"
             model_uri = log_conversion(
@@ -204,6 +229,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "data.source": params.data.source,
                     "data.batch_size": str(params.data.batch_size),
                     "export.method": artifact.method,
+                    **{f"machine.{k}": str(v) for k, v in machine.items()},
                     "fallback.enabled": str(params.fallback.enabled),
                 },
                 metrics=metrics,
@@ -216,6 +242,8 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 },
                 json_documents={"gates.json": [g.as_dict() for g in gates]},
                 tables={
+                    "benchmark/latency.json": benchmark_table(benchmarks),
+                    "export/variants.json": {k: [getattr(v, k) for v in variants] for k in ("name", "p50_ms", "max_abs_diff", "matches", "shippable")},
                     "coverage/coverage.json": coverage.as_table(),
                     "sensitivity/sensitivity.json": sensitivity_table(layers),
                 },

@@ -21,7 +21,14 @@ import torch
 
 from quant.errors import ArtifactError
 
-__all__ = ["TorchScriptArtifact", "export_torchscript", "jit_quiet", "load_torchscript", "to_torchscript"]
+__all__ = [
+    "TorchScriptArtifact",
+    "export_torchscript",
+    "jit_quiet",
+    "load_torchscript",
+    "max_abs_diff",
+    "to_torchscript",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,33 +84,52 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
 
 
 @torch.no_grad()
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute elementwise difference (inf when the shapes differ)."""
+    if a.shape != b.shape:
+        return float("inf")
+    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+
+
 def export_torchscript(
     model: torch.nn.Module,
     path: str | Path,
     verify_inputs: Sequence[tuple[Any, ...]],
+    *,
+    reference: torch.nn.Module | None = None,
+    tolerance: float = 0.0,
+    method: str | None = None,
 ) -> TorchScriptArtifact:
-    """Script (or trace) ``model``, save it to ``path``, load it back and verify it bit-exactly.
+    """Script (or trace) ``model``, save it to ``path``, load it back and verify it.
 
-    ``verify_inputs`` is a list of positional-argument tuples; every one must give
-    ``torch.equal`` outputs from the in-memory and the loaded model.
+    ``verify_inputs`` is a list of positional-argument tuples; on every one the loaded
+    model must reproduce ``reference`` (default: ``model`` itself) bit-exactly, or within
+    ``tolerance`` (max absolute difference) when one is stated. A ScriptModule is saved as is
+    (``method`` names how it was made, e.g. "frozen").
     """
     if not verify_inputs:
         raise ArtifactError("export_torchscript needs at least one input to verify the saved model")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    scripted, method = to_torchscript(model, verify_inputs[0])
+    if isinstance(model, torch.jit.ScriptModule):
+        scripted, method = model, method or "script"
+    else:
+        scripted, method = to_torchscript(model, verify_inputs[0])
     with jit_quiet():
         torch.jit.save(scripted, str(path))
     loaded = load_torchscript(path)
-    for i, inputs in enumerate(verify_inputs):
-        expected, got = model(*inputs), loaded(*inputs)
-        if not torch.equal(expected, got):
-            diff = (expected.float() - got.float()).abs().max().item()
-            raise ArtifactError(
-                f"TorchScript saved at {str(path)!r} does not reproduce the in-memory model on "
-                f"verification input {i} (max abs difference {diff:g}); refusing to ship it"
-            )
+    reference = reference if reference is not None else model
+    with torch.no_grad():
+        for i, inputs in enumerate(verify_inputs):
+            expected, got = reference(*inputs), loaded(*inputs)
+            diff = max_abs_diff(expected, got)
+            if diff > tolerance:
+                allowed = "bit-exact" if tolerance == 0 else f"tolerance {tolerance:g}"
+                raise ArtifactError(
+                    f"TorchScript saved at {str(path)!r} does not reproduce the lowered model on "
+                    f"verification input {i} (max abs difference {diff:g}, {allowed} required); refusing to ship it"
+                )
     data = path.read_bytes()
     artifact = TorchScriptArtifact(
         path=path,

@@ -8,12 +8,21 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["BenchmarkReport", "LatencyStats", "benchmark", "serialized_size", "threads"]
+__all__ = [
+    "BenchmarkReport",
+    "LatencyStats",
+    "benchmark",
+    "benchmark_table",
+    "latency_chart",
+    "serialized_size",
+    "threads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +36,15 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput: float  # samples per second at p50
+    cv: float = 0.0  # coefficient of variation (std / mean) of the per-call times
 
     @classmethod
     def from_times(cls, seconds: list[float], batch_size: int) -> LatencyStats:
         t = torch.tensor(seconds, dtype=torch.float64) * 1000.0
         p50, p90, p99 = (torch.quantile(t, q).item() for q in (0.5, 0.9, 0.99))
-        return cls(p50, p90, p99, t.mean().item(), batch_size / (p50 / 1000.0))
+        mean = t.mean().item()
+        cv = t.std().item() / mean if len(seconds) > 1 and mean > 0 else 0.0
+        return cls(p50, p90, p99, mean, batch_size / (p50 / 1000.0), cv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,10 @@ class BenchmarkReport:
     quant_latency: LatencyStats
     float_size_bytes: int
     quant_size_bytes: int
+    stable: bool = True  # False when the coefficient of variation stayed above the limit after re-measuring
+    peak_rss_mib: float | None = None  # the process's peak resident memory after the run
+    float_times_ms: tuple[float, ...] = ()
+    quant_times_ms: tuple[float, ...] = ()
 
     @property
     def speedup(self) -> float:
@@ -74,8 +90,9 @@ class BenchmarkReport:
                 f"{prefix}_latency_p99_ms": stats.p99_ms,
                 f"{prefix}_latency_mean_ms": stats.mean_ms,
                 f"{prefix}_throughput_sps": stats.throughput,
+                f"{prefix}_latency_cv": stats.cv,
             }
-        return metrics | {"speedup": self.speedup}
+        return metrics | {"speedup": self.speedup, "latency_stable": float(self.stable)}
 
 
 @contextlib.contextmanager
@@ -108,6 +125,22 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def _measure(float_model, quant_model, example_inputs, iterations):  # noqa: ANN001, ANN202
+    float_times, quant_times = [], []
+    for _ in range(iterations):
+        float_times.append(_timed(lambda: float_model(*example_inputs)))
+        quant_times.append(_timed(lambda: quant_model(*example_inputs)))
+    return float_times, quant_times
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
 @torch.no_grad()
 def benchmark(
     float_model: torch.nn.Module,
@@ -119,10 +152,14 @@ def benchmark(
     num_threads: int | None = 1,
     float_size_model: torch.nn.Module | None = None,
     quant_size_model: torch.nn.Module | None = None,
+    max_cv: float | None = 0.25,
 ) -> BenchmarkReport:
-    """Time both models interleaved on ``example_inputs`` so machine drift hits both alike.
+    """Time both models interleaved (A B A B ...) on ``example_inputs`` so machine drift hits both alike.
 
-    Sizes are taken from ``*_size_model`` when given (e.g. the TorchScript that ships).
+    When either model's coefficient of variation exceeds ``max_cv`` the measurement is
+    repeated once; if it is still noisy the report is marked unstable rather than
+    presenting a false precision. Sizes come from ``*_size_model`` when given (e.g. the
+    TorchScript that ships).
     """
     float_model.eval()
     quant_model.eval()
@@ -131,21 +168,70 @@ def benchmark(
         for _ in range(warmup):
             float_model(*example_inputs)
             quant_model(*example_inputs)
-        float_times, quant_times = [], []
-        for _ in range(iterations):
-            float_times.append(_timed(lambda: float_model(*example_inputs)))
-            quant_times.append(_timed(lambda: quant_model(*example_inputs)))
+        float_times, quant_times = _measure(float_model, quant_model, example_inputs, iterations)
+        stats = [LatencyStats.from_times(t, batch_size) for t in (float_times, quant_times)]
+        stable = max_cv is None or max(s.cv for s in stats) <= max_cv
+        if not stable:
+            logger.info("latency CV %.2f/%.2f above %.2f: measuring again", stats[0].cv, stats[1].cv, max_cv)
+            float_times, quant_times = _measure(float_model, quant_model, example_inputs, iterations)
+            stats = [LatencyStats.from_times(t, batch_size) for t in (float_times, quant_times)]
+            stable = max(s.cv for s in stats) <= max_cv
+            if not stable:
+                logger.warning("latency still noisy (CV %.2f/%.2f): result marked unstable", stats[0].cv, stats[1].cv)
     report = BenchmarkReport(
         batch_size=batch_size,
         threads=n,
         iterations=iterations,
-        float_latency=LatencyStats.from_times(float_times, batch_size),
-        quant_latency=LatencyStats.from_times(quant_times, batch_size),
+        float_latency=stats[0],
+        quant_latency=stats[1],
         float_size_bytes=serialized_size(float_size_model or float_model),
         quant_size_bytes=serialized_size(quant_size_model or quant_model),
+        stable=stable,
+        peak_rss_mib=_peak_rss_mib(),
+        float_times_ms=tuple(t * 1000.0 for t in float_times),
+        quant_times_ms=tuple(t * 1000.0 for t in quant_times),
     )
     logger.info(
-        "batch %d, %d thread(s): float p50 %.3f ms, int8 p50 %.3f ms, speedup %.2fx",
+        "batch %d, %d thread(s): float p50 %.3f ms, int8 p50 %.3f ms, speedup %.2fx%s",
         batch_size, n, report.float_latency.p50_ms, report.quant_latency.p50_ms, report.speedup,
+        "" if stable else " (unstable)",
     )
     return report
+
+
+def latency_chart(reports: Sequence[BenchmarkReport], path: str | Path) -> Path:
+    """Box plots of per-call latency, float vs int8, for each batch size and thread count (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.2 * len(reports) + 1, 3.6), squeeze=False)
+    for ax, r in zip(axes[0], reports):
+        ax.boxplot([r.float_times_ms, r.quant_times_ms], showfliers=False)
+        ax.set_xticks([1, 2], ["float", "int8"])
+        ax.set_title(f"batch {r.batch_size}, {r.threads} thr: {r.speedup:.2f}x" + ("" if r.stable else " (noisy)"))
+        ax.set_ylabel("ms per call")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def benchmark_table(reports: Sequence[BenchmarkReport]) -> dict[str, list]:
+    """Columns for a table artifact: one row per batch size and thread count."""
+    return {
+        "batch_size": [r.batch_size for r in reports],
+        "threads": [r.threads for r in reports],
+        "float_p50_ms": [r.float_latency.p50_ms for r in reports],
+        "float_p90_ms": [r.float_latency.p90_ms for r in reports],
+        "float_p99_ms": [r.float_latency.p99_ms for r in reports],
+        "int8_p50_ms": [r.quant_latency.p50_ms for r in reports],
+        "int8_p90_ms": [r.quant_latency.p90_ms for r in reports],
+        "int8_p99_ms": [r.quant_latency.p99_ms for r in reports],
+        "speedup": [r.speedup for r in reports],
+        "int8_throughput_sps": [r.quant_latency.throughput for r in reports],
+        "stable": [r.stable for r in reports],
+    }

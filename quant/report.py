@@ -11,6 +11,7 @@ from quant.fallback import FallbackResult
 from quant.gates import GateResult
 from quant.sensitivity import LayerSensitivity
 from quant.spec import QuantSpec
+from quant.variants import VariantResult
 
 __all__ = ["render_report", "summary_rows"]
 
@@ -41,6 +42,8 @@ def render_report(
     sensitivity: Sequence[LayerSensitivity] = (),
     fallback: FallbackResult | None = None,
     coverage: CoverageReport | None = None,
+    variants: Sequence[VariantResult] = (),
+    machine: dict | None = None,
 ) -> str:
     """Markdown report of one conversion."""
     if not benchmarks:
@@ -81,17 +84,34 @@ def render_report(
         "",
         "## Latency (interleaved float/int8, per call)",
         "",
-        "| batch | threads | float p50 / p90 / p99 ms | int8 p50 / p90 / p99 ms | speedup |",
-        "|---|---|---|---|---|",
+        "| batch | threads | float p50 / p90 / p99 ms | int8 p50 / p90 / p99 ms | speedup | stable |",
+        "|---|---|---|---|---|---|",
     ]
     for b in benchmarks:
         f, q = b.float_latency, b.quant_latency
         lines.append(
             f"| {b.batch_size} | {b.threads} | {f.p50_ms:.3f} / {f.p90_ms:.3f} / {f.p99_ms:.3f} | "
-            f"{q.p50_ms:.3f} / {q.p90_ms:.3f} / {q.p99_ms:.3f} | {b.speedup:.2f}x |"
+            f"{q.p50_ms:.3f} / {q.p90_ms:.3f} / {q.p99_ms:.3f} | {b.speedup:.2f}x | "
+            f"{'yes' if b.stable else f'NO (CV {max(f.cv, q.cv):.2f})'} |"
         )
+    lines += _shipping_section(variants, machine)
     lines += _coverage_section(coverage) + _sensitivity_section(sensitivity) + _fallback_section(fallback)
     return "\n".join(lines) + "\n"
+
+
+def _shipping_section(variants: Sequence[VariantResult], machine: dict | None) -> list[str]:
+    lines = []
+    if machine:
+        lines += ["", f"Measured on {machine.get('cpu_model')} ({machine.get('isa_int8')}), engine "
+                  f"{machine.get('quantized_engine')}, torch {machine.get('torch_version')}."]
+    if variants:
+        lines += ["", "## Shipped form (fastest that reproduces the lowered model)", "",
+                  "| form | p50 ms | max abs diff | shippable |", "|---|---|---|---|"]
+        for v in variants:
+            p50 = "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}"
+            diff = v.error or ("n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}")
+            lines.append(f"| {v.name} | {p50} | {diff} | {'yes' if v.shippable else 'no'} |")
+    return lines
 
 
 def _coverage_section(coverage: CoverageReport | None) -> list[str]:

@@ -1,15 +1,21 @@
-"""Benchmark stage: float vs the shipped quantized model, interleaved, per batch size."""
+"""Benchmark stage: float vs the shipped quantized model, interleaved, per batch size and thread count."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from quant.artifacts import to_torchscript
-from quant.benchmark import BenchmarkReport, benchmark
+from quant.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
+from quant.hardware import machine_info
 from quant.sources import Dataset
 from tasks._common import run_logger
+from tasks.report import artifact_key
 
 __all__ = ["benchmark_model"]
 
@@ -20,30 +26,45 @@ def benchmark_model(
     shipped: torch.jit.ScriptModule,
     dataset: Dataset,
     *,
-    batch_sizes: tuple[int, ...] | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    threads: Sequence[int] = (1,),
     iterations: int = 100,
-    num_threads: int = 1,
-) -> list[BenchmarkReport]:
-    """Latency percentiles, throughput, speedup and sizes for each batch size.
+    max_cv: float | None = 0.25,
+    out_dir: str | None = None,
+    name: str = "model",
+) -> tuple[list[BenchmarkReport], dict, str | None]:
+    """Latency percentiles, throughput, speedup, sizes and peak memory for each batch size and
+    thread count; the machine it ran on; a latency chart (PNG) when ``out_dir`` is given.
 
     Default batch sizes: the data's batch size (the headline numbers), then 1.
     """
     logger = run_logger()
     inputs = dataset.example_inputs[0]
-    batch_sizes = batch_sizes or (int(inputs.shape[0]), 1)
+    batch_sizes = list(batch_sizes or (int(inputs.shape[0]), 1))
     float_script, _ = to_torchscript(float_model.eval(), (inputs[:1],))
+    info = machine_info()
+    logger.info("benchmarking on %s (%s), engine %s", info["cpu_model"], info["isa_int8"], info["quantized_engine"])
+    runs = [(b, t) for t in threads for b in batch_sizes]
     reports = []
-    for i, batch_size in enumerate(batch_sizes, start=1):
+    for i, (batch_size, n_threads) in enumerate(runs, start=1):
         example = (inputs[:batch_size],)
-        logger.info("benchmark %d/%d: batch %d, %d thread(s)", i, len(batch_sizes), batch_size, num_threads)
+        logger.info("benchmark %d/%d: batch %d, %d thread(s), %d calls each", i, len(runs), batch_size, n_threads, iterations)
         report = benchmark(
             float_model, shipped, example,
-            iterations=iterations, num_threads=num_threads,
+            iterations=iterations, num_threads=n_threads, max_cv=max_cv,
             float_size_model=float_script, quant_size_model=shipped,
         )
         logger.info(
-            "batch %d: float p50 %.3f ms, int8 p50 %.3f ms, speedup %.2fx",
-            report.batch_size, report.float_latency.p50_ms, report.quant_latency.p50_ms, report.speedup,
+            "batch %d, %d thread(s): float p50 %.3f ms, int8 p50 %.3f ms, speedup %.2fx%s",
+            report.batch_size, n_threads, report.float_latency.p50_ms, report.quant_latency.p50_ms, report.speedup,
+            "" if report.stable else " (UNSTABLE: noisy machine)",
         )
         reports.append(report)
-    return reports
+    table = benchmark_table(reports)
+    create_table_artifact(
+        table=[dict(zip(table, row)) for row in zip(*table.values())],
+        key=f"latency-{artifact_key(name)}",
+        description=f"float vs int8 latency of {name} on {info['cpu_model']}",
+    )
+    chart = str(latency_chart(reports, Path(out_dir) / "benchmark" / "latency.png")) if out_dir else None
+    return reports, info, chart

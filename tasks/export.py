@@ -1,4 +1,5 @@
-"""Export stage: models as TorchScript, verified bit-exactly before anything is logged."""
+"""Export stage: the fastest correct TorchScript form, verified against the lowered model
+before anything is logged; and the reference model for compilers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from quant.artifacts import TorchScriptArtifact, export_torchscript
 from quant.convert import ReferenceModel, lower
 from quant.sources import Dataset
+from quant.variants import VariantResult, select_variant
 from tasks._common import run_logger
 
 __all__ = ["export_model", "export_reference"]
@@ -18,24 +20,36 @@ __all__ = ["export_model", "export_reference"]
 _VERIFY_BATCHES = 4
 
 
-def _export(model: torch.nn.Module, dataset: Dataset, path: Path, what: str) -> TorchScriptArtifact:
-    verify = [(inputs,) for inputs, _ in dataset.evaluation[:_VERIFY_BATCHES]]
-    artifact = export_torchscript(model, path, verify)
-    run_logger().info(
-        "%s TorchScript (%s) verified on %d batches: %s, %d bytes",
-        what, artifact.method, len(verify), artifact.path, artifact.size_bytes,
-    )
-    return artifact
+def _verify_inputs(dataset: Dataset) -> list[tuple[torch.Tensor, ...]]:
+    batches = [(inputs,) for inputs, _ in dataset.evaluation[:_VERIFY_BATCHES]]
+    return batches + [(batches[0][0][:1],)]  # batch 1 too: the serving shape
 
 
 @task(name="export_model", cache_policy=NO_CACHE)
-def export_model(quantized: torch.nn.Module, dataset: Dataset, out_dir: str) -> TorchScriptArtifact:
-    """Save the model the stage ships as TorchScript under ``out_dir`` and verify the file reproduces it."""
-    return _export(quantized, dataset, Path(out_dir) / "model_int8.pt", "shipped")
+def export_model(
+    quantized: torch.nn.Module, dataset: Dataset, out_dir: str, tolerance: float = 0.0
+) -> tuple[TorchScriptArtifact, list[VariantResult]]:
+    """Pick the fastest TorchScript form that reproduces ``quantized``, save it, load it back, verify it."""
+    logger = run_logger()
+    verify = _verify_inputs(dataset)
+    name, module, variants = select_variant(quantized, verify, tolerance=tolerance)
+    for v in variants:
+        logger.info(
+            "variant %-22s p50 %s ms, max abs diff %s%s",
+            v.name, "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}",
+            "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}", f" ({v.error})" if v.error else "",
+        )
+    artifact = export_torchscript(
+        module, Path(out_dir) / "model_int8.pt", verify, reference=quantized, tolerance=tolerance, method=name
+    )
+    logger.info("shipping %s, verified on %d batches: %s, %d bytes", name, len(verify), artifact.path, artifact.size_bytes)
+    return artifact, variants
 
 
 @task(name="export_reference", cache_policy=NO_CACHE)
 def export_reference(reference: ReferenceModel, dataset: Dataset, out_dir: str) -> TorchScriptArtifact:
     """Save the reference quantized model (before lowering) as verified TorchScript, for compilers."""
     finalised = lower(reference, target="reference")
-    return _export(finalised, dataset, Path(out_dir) / "reference" / "model_reference.pt", "reference")
+    artifact = export_torchscript(finalised, Path(out_dir) / "reference" / "model_reference.pt", _verify_inputs(dataset))
+    run_logger().info("reference TorchScript (%s): %s, %d bytes", artifact.method, artifact.path, artifact.size_bytes)
+    return artifact

@@ -62,6 +62,16 @@ def test_flow_logs_run(converted) -> None:
     assert metrics["quantized_fraction"] == 1.0 and metrics["quantized_layers"] == 5
     coverage = json.loads(open(client.download_artifacts(converted.run_id, "coverage/coverage.json")).read())
     assert set(coverage["columns"]) >= {"name", "op", "status", "reason", "params"}
+    assert run.data.params["export.method"] in ("torchscript", "torchscript_frozen", "torchscript_optimized")
+    assert run.data.params["machine.torch_version"].startswith("2.13.0")
+    assert "machine.isa_int8" in run.data.params and "peak_rss_mib" in metrics
+    variants = json.loads(open(client.download_artifacts(converted.run_id, "export/variants.json")).read())
+    rows = {row[0]: dict(zip(variants["columns"], row)) for row in variants["data"]}
+    shipped = rows[run.data.params["export.method"]]
+    assert shipped["matches"] and shipped["shippable"]
+    assert shipped["p50_ms"] == min(r["p50_ms"] for r in rows.values() if r["shippable"] and r["matches"])
+    benchmark = {a.path for a in client.list_artifacts(converted.run_id, "benchmark")}
+    assert benchmark == {"benchmark/latency.json", "benchmark/latency.png"}
     sensitivity = {a.path for a in client.list_artifacts(converted.run_id, "sensitivity")}
     assert sensitivity == {"sensitivity/sensitivity.json", "sensitivity/sensitivity.png"}
     report = open(client.download_artifacts(converted.run_id, "report.md")).read()

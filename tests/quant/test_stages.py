@@ -664,7 +664,7 @@ def test_export_torchscript_needs_inputs(cnn_pair: tuple[nn.Module, GraphModule]
 
 def test_export_torchscript_refuses_a_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "branch.pt"
-    with pytest.raises(ArtifactError, match=r"does not reproduce the in-memory model on verification input 1 \(max abs difference 1\); refusing"):
+    with pytest.raises(ArtifactError, match=r"does not reproduce the lowered model on verification input 1 \(max abs difference 1, bit-exact required\); refusing"):
         export_torchscript(VarArgsBranch(), path, [(torch.ones(2),), (-torch.ones(2),)])
 
 
