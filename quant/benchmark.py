@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from quant.plots import save_figure, subplots
+
 __all__ = [
     "BenchmarkReport",
     "LatencyStats",
@@ -201,23 +203,13 @@ def benchmark(
 
 def latency_chart(reports: Sequence[BenchmarkReport], path: str | Path) -> Path:
     """Box plots of per-call latency, float vs int8, for each batch size and thread count (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(reports), figsize=(3.2 * len(reports) + 1, 3.6), squeeze=False)
+    fig, axes = subplots(1, len(reports), figsize=(3.2 * len(reports) + 1, 3.6), squeeze=False)
     for ax, r in zip(axes[0], reports):
         ax.boxplot([r.float_times_ms, r.quant_times_ms], showfliers=False)
         ax.set_xticks([1, 2], ["float", "int8"])
         ax.set_title(f"batch {r.batch_size}, {r.threads} thr: {r.speedup:.2f}x" + ("" if r.stable else " (noisy)"))
         ax.set_ylabel("ms per call")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def benchmark_table(reports: Sequence[BenchmarkReport]) -> dict[str, list]:

@@ -20,6 +20,7 @@ import torch
 from torch.fx import GraphModule
 
 from quant import _fx
+from quant.plots import save_figure, subplots
 from quant.sources import Batch
 
 __all__ = ["LayerSensitivity", "layer_sensitivity", "sensitivity_chart", "sensitivity_table"]
@@ -114,17 +115,12 @@ def sensitivity_table(layers: Sequence[LayerSensitivity]) -> dict[str, list]:
 
 def sensitivity_chart(layers: Sequence[LayerSensitivity], path: str | Path, *, top: int = 30) -> Path:
     """A horizontal bar chart (PNG) of activation and weight SQNR per layer, worst on top."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     shown = list(layers[:top])
     cap = lambda v: 0.0 if v is None else min(v, 100.0)  # noqa: E731 - inf (exact) drawn as 100 dB
     names = [layer.name for layer in shown][::-1]
     act = [cap(layer.activation_sqnr_db) for layer in shown][::-1]
     wgt = [cap(layer.weight_sqnr_db) for layer in shown][::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
+    fig, ax = subplots(figsize=(8, 0.35 * len(shown) + 1.5))
     y = range(len(shown))
     ax.barh([i + 0.2 for i in y], act, height=0.4, label="activation SQNR")
     ax.barh([i - 0.2 for i in y], wgt, height=0.4, label="weight SQNR")
@@ -132,9 +128,4 @@ def sensitivity_chart(layers: Sequence[LayerSensitivity], path: str | Path, *, t
     ax.set_xlabel("SQNR (dB, higher is better; exact drawn at 100)")
     ax.set_title("Per-layer quantization sensitivity (worst on top)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.0 / (len(shown) + 4)), ncol=2, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -15,27 +15,9 @@ from quant.convert import lower, reference_convert
 from quant.coverage import CoverageEntry, CoverageReport, coverage_report
 from quant.prepare import calibrate, prepare
 from quant.spec import QuantSpec
+from tests.quant.models import SmallCNN
 
 # --------------------------------------------------------------------------- models
-
-
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU, Conv-ReLU, pool, Flatten, Linear-ReLU, Linear: (N, 1, 8, 8) -> (N, 10)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class Recurrent(nn.Module):

@@ -32,6 +32,7 @@ from quant.prepare import calibrate, check_inputs_fit, prepare
 from quant.report import render_report, summary_rows
 from quant.sources import DataSpec, Dataset, load_data
 from quant.spec import BACKENDS, QuantSpec
+from tests.quant.models import SmallCNN
 
 SEED = 0
 CALIBRATION_BATCHES = 8
@@ -49,25 +50,6 @@ pytestmark = [
 
 
 # --------------------------------------------------------------------------- models
-
-
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU, Conv-ReLU, pool, Linear-ReLU, Linear: (N, 1, 8, 8) -> (N, 10)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class MLP(nn.Module):
