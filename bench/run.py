@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench.pt2e import pt2e_available, pt2e_int8
 from bench.models import bert_encoder, resnet18
 from quant import _fx
 from quant.benchmark import LatencyStats, benchmark, serialized_size, threads
@@ -398,6 +399,33 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"ORT {key} failed: {_err(exc)}")
                 traceback.print_exc()
 
+    # c2. peer: torchao PT2E + Inductor (batch 1, static export)
+    log("[c2] peers: torchao PT2E + torch.compile (ResNet-18, batch 1)")
+    results["pt2e"] = {"rows": []}
+    pt2e_missing = pt2e_available()
+    pt2e_run = None
+    if pt2e_missing:
+        results["errors"]["pt2e"] = f"peer skipped: {pt2e_missing}"
+    else:
+        try:
+            pt2e_run, results["pt2e"]["info"] = pt2e_int8(rn, calib, batch=1)
+            x1 = rn_inputs[1]
+            for n in thread_counts:
+                with threads(n):
+                    it = iters["resnet"][1]
+                    times = interleaved({"torch_int8": lambda: rn_int8(x1), "pt2e_int8": lambda: pt2e_run(x1)},
+                                        it, max(2, it // 10))
+                st = {k: LatencyStats.from_times(v, 1) for k, v in times.items()}
+                results["pt2e"]["rows"].append({
+                    "threads": n, "iterations": it, "torch_int8_p50_ms": st["torch_int8"].p50_ms,
+                    "pt2e_int8_p50_ms": st["pt2e_int8"].p50_ms,
+                    "pt2e_over_torch_int8": st["pt2e_int8"].p50_ms / st["torch_int8"].p50_ms,
+                    "load1": os.getloadavg()[0]})
+                log(f"PT2E t={n}: torch int8 {st['torch_int8'].p50_ms:.2f} ms, PT2E {st['pt2e_int8'].p50_ms:.2f} ms")
+        except Exception as exc:  # noqa: BLE001
+            results["errors"]["pt2e"] = _err(exc)
+            log(f"PT2E failed: {_err(exc)}")
+
     # d. accuracy
     log("[d] ResNet-18 output SQNR on held-out random images")
     with torch.no_grad():
@@ -419,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             acc["extra: histogram / per_channel, reduce_range=False"] = sqnr_db(ref, torch.cat([q(x) for x in held_out]))
         except Exception as exc:  # noqa: BLE001
             results["errors"]["sqnr_no_reduce_range"] = _err(exc)
+        if pt2e_run is not None:
+            acc["torchao PT2E (X86InductorQuantizer)"] = sqnr_db(
+                ref, torch.cat([pt2e_run(x[i : i + 1]) for x in held_out for i in range(x.shape[0])]))
         if "resnet18" in ort_outputs:
             acc["ONNX Runtime QDQ (MinMax)"] = sqnr_db(ref, ort_outputs["resnet18"])
         enc_ref = torch.cat([enc(x) for x in ids])
@@ -554,6 +585,17 @@ def render(r: dict[str, Any]) -> str:
     for i, x in enumerate(d["runs"], 1):
         L.append(f"| {i} | {x['float_p50_ms']:.3f} | {x['int8_p50_ms']:.3f} | {x['speedup']:.2f}x | {x['stable']} |")
     L += ["", f"Relative difference of the two speedups: **{100 * d['relative_difference']:.1f}%**."]
+    p = r.get("pt2e") or {}
+    if p.get("rows"):
+        info = p.get("info", {})
+        L += ["", "## c2. Peer: torchao PT2E + torch.compile (ResNet-18, batch 1)", "",
+              f"{info.get('quantizer')}, Inductor freezing on; convert {info.get('convert_s', 0):.1f} s, first compile "
+              f"{info.get('compile_s', 0):.1f} s. Static-shape export: timed at batch 1 only, interleaved with the shipped int8.", "",
+              "| threads | iters | shipped int8 p50 (ms) | PT2E int8 p50 (ms) | PT2E / shipped (>1: shipped faster) |",
+              "|---|---|---|---|---|"]
+        for x in p["rows"]:
+            L.append(f"| {x['threads']} | {x['iterations']} | {x['torch_int8_p50_ms']:.2f} | {x['pt2e_int8_p50_ms']:.2f} | "
+                     f"**{x['pt2e_over_torch_int8']:.2f}** |")
     o = r.get("overhead")
     if o:
         L += ["", "## f. Pipeline overhead (convert_flow on the demo model, warm ephemeral Prefect API)", "",
