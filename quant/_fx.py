@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 
 import torch.ao.ns._numeric_suite_fx as numeric_suite
+import torch.ao.quantization as ao_quantization
 from torch.ao.ns.fx.utils import compute_sqnr
 from torch.ao.quantization import ObserverBase, QConfigMapping
 from torch.ao.quantization.backend_config import (
@@ -33,7 +34,8 @@ from torch.ao.quantization.fx.qconfig_mapping_utils import (
     _update_qconfig_for_fusion,
     _update_qconfig_for_qat,
 )
-from torch.ao.quantization.qconfig import QConfigAny
+from torch.ao.quantization.qconfig import QConfigAny, qconfig_equals
+from torch.ao.quantization.quant_type import QuantType
 from torch.ao.quantization.qconfig_mapping import (
     _get_default_qconfig_mapping_with_default_qconfig,
     get_default_qat_qconfig_mapping,
@@ -50,6 +52,9 @@ from torch.ao.quantization.quantize_fx import (
 __all__ = [
     "BackendConfig",
     "ObserverBase",
+    "QuantType",
+    "ao_quantization",
+    "qconfig_equals",
     "ConvertCustomConfig",
     "PrepareCustomConfig",
     "QConfigAny",

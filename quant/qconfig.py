@@ -43,7 +43,7 @@ QConfigName = Literal[
 MappingPreset = Literal["static", "qat", "dynamic", "float16", "none"]
 SetKind = Literal["global", "object_type", "module_name", "module_name_regex", "module_name_object_type_order"]
 
-_qc = torch.ao.quantization
+_qc = _fx.ao_quantization
 # name -> factory(backend) of a torch QConfig.
 QCONFIG_PRESETS: dict[str, Callable[[str], Any]] = {
     "default": lambda backend: _qc.get_default_qconfig(backend),
@@ -254,7 +254,7 @@ def check_convert_mapping(prepare_mapping: Any, convert_mapping: Any) -> None:
     The rule (convert_fx's documentation): every key of the prepare-time mapping is present
     with the same qconfig or ``None``; extra keys are allowed only with ``None``.
     """
-    from torch.ao.quantization.qconfig import qconfig_equals
+    qconfig_equals = _fx.qconfig_equals
 
     rule = (
         "rule: a convert-time qconfig_mapping keeps every prepare-time key with the same qconfig "

@@ -346,10 +346,8 @@ class QuantSpec(_Spec):
 
 
 def _quant_type(name: str) -> Any:
-    from torch.ao.quantization.quant_type import QuantType as TorchQuantType
-
-    return {"static": TorchQuantType.STATIC, "dynamic": TorchQuantType.DYNAMIC,
-            "weight_only": TorchQuantType.WEIGHT_ONLY}[name]
+    return {"static": _fx.QuantType.STATIC, "dynamic": _fx.QuantType.DYNAMIC,
+            "weight_only": _fx.QuantType.WEIGHT_ONLY}[name]
 
 
 def _skip_fused_forms(mapping: Any, backend_config: Any) -> None:
