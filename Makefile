@@ -33,5 +33,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
 
+stack: $(STAMP)  ## local Prefect server + worker + MLflow server + deployments; `deploy/stack.sh stop` stops it
+	deploy/stack.sh
+
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts *.egg-info

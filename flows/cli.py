@@ -96,6 +96,8 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "alias": args.alias,
         "experiment": args.experiment,
         "qat_checkpoint": args.qat_checkpoint,
+        "promote_if": args.promote_if,
+        "force": True if args.force else None,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -109,6 +111,9 @@ def _convert_params(args: argparse.Namespace) -> Any:
 
 
 def _print_summary(result: Any) -> None:
+    if result.skipped:
+        print(f"\nskipped: {result.reason}")
+        return
     m = result.metrics
     rows = [
         ("p50 latency", f"{m['float_latency_p50_ms']:.3f} ms", f"{m['int8_latency_p50_ms']:.3f} ms"),
@@ -121,6 +126,8 @@ def _print_summary(result: Any) -> None:
     for name, f, q in rows:
         print(f"{name:<16}{f:>14}{q:>14}")
     print(f"\nmodels:/{result.registered_name}/{result.version} (promoted: {result.promoted})")
+    if result.reason:
+        print(f"  {result.reason}")
 
 
 def _where_to_look() -> None:
@@ -181,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--registered-name", help="registry name of the int8 model (default <source>-int8)")
     conv.add_argument("--alias", help="alias moved when the gates pass (default champion)")
     conv.add_argument("--experiment", help="MLflow experiment (default quantstage)")
+    conv.add_argument("--promote-if", help="gates | better (default better: also no worse than the alias holder)")
+    conv.add_argument("--force", action="store_true", help="convert even if this exact conversion is already registered")
     conv.set_defaults(run=_cmd_convert)
     demo = sub.add_parser("demo", help="train the digits CNN, register it, convert it")
     demo.add_argument("--epochs", type=int, default=4)

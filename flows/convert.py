@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from typing import Literal
 
 from prefect import flow, runtime
+from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quant.benchmark import benchmark_table
@@ -26,12 +28,25 @@ from tasks.calibrate import calibrate, load_qat
 from tasks.coverage import measure_coverage
 from tasks.export import export_model, export_reference
 from tasks.fallback import fallback_search
+from tasks.events import PROMOTED, emit_model_event
 from tasks.load import fetch_file, load_data, load_model
 from tasks.lower import lower
 from tasks.reference_convert import reference_convert
 from tasks.report import publish_report
 from tasks.sensitivity import analyze_sensitivity
-from tasks.track import end_run, log_conversion, promote, register_model, start_run
+from tasks.track import (
+    compare_with_holder,
+    digest,
+    end_run,
+    find_version_by_key,
+    log_conversion,
+    promote,
+    register_model,
+    registry_lock,
+    resolve_source,
+    start_run,
+    tag_version,
+)
 from tasks.validate import validate_accuracy
 
 __all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
@@ -67,6 +82,15 @@ class ConvertParams(BaseModel):
         None, description="Registry name of the quantized model; default '<source name>-int8'."
     )
     alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
+    promote_if: Literal["gates", "better"] = Field(
+        "better",
+        description="'gates': move the alias when every gate passes; 'better': only when, in addition, the new "
+        "version is at least as good as the current alias holder on the same evaluation (int8_accuracy, else "
+        "output_sqnr_db); a holder evaluated on other data falls back to the gates.",
+    )
+    force: bool = Field(
+        False, description="Convert even when a version with the same idempotency key is already registered."
+    )
     experiment: str = Field("quantstage", description="MLflow experiment of the conversion run.")
     benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model, batch size and thread count.")
     benchmark_threads: tuple[int, ...] = Field(
@@ -105,6 +129,24 @@ class ConvertParams(BaseModel):
             )
         return value
 
+    def eval_digest(self) -> str:
+        """Digest of what the metrics are measured on (data + evaluation): comparable iff equal."""
+        return digest({"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")})[:16]
+
+    def idempotency_key(self, source_name: str | None, source_version: str | None, source_run_id: str | None) -> str:
+        """sha256 of the resolved source (name+version, else run id), the spec, the data, the
+        evaluation, the gates, the fallback and the QAT checkpoint: equal keys, same conversion."""
+        source = f"models:/{source_name}/{source_version}" if source_name and source_version else f"runs:/{source_run_id}"
+        return digest({
+            "source": source,
+            "spec": self.spec.digest(),
+            "data": self.data.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "gates": self.gates.model_dump(mode="json"),
+            "fallback": self.fallback.model_dump(mode="json"),
+            "qat_checkpoint": self.qat_checkpoint,
+        })
+
     @property
     def target_name(self) -> str:
         if self.registered_name:
@@ -125,6 +167,9 @@ class ConvertResult(BaseModel):
     metrics: dict[str, float]
     gates: list[dict[str, object]]
     float_layers: list[str] = Field(default_factory=list, description="Layers the fallback kept float.")
+    skipped: bool = Field(False, description="Nothing converted: a version with the same idempotency key exists.")
+    idempotency_key: str = ""
+    reason: str = Field("", description="Why the alias moved or not, or why the run was skipped.")
 
 
 def _run_name() -> str:
@@ -146,6 +191,19 @@ def _failure_message(name: str, version: str, alias: str, gates: list[GateResult
     return message + f"; it is registered but models:/{name}@{alias} was not moved"
 
 
+def _skipped(params: ConvertParams, existing: dict, key: str, why: str) -> ConvertResult:
+    reason = (
+        f"{why}: {params.target_name} version {existing['version']} has idempotency key {key[:12]}… "
+        f"(gates_passed={existing['tags'].get('gates_passed')}); pass force=True to convert again"
+    )
+    print(f"skipped: {reason}")
+    return ConvertResult(
+        run_id=existing["run_id"], model_uri=existing["source"], registered_name=params.target_name,
+        version=existing["version"], promoted=False, metrics=existing["metrics"], gates=[],
+        skipped=True, idempotency_key=key, reason=reason,
+    )
+
+
 def _quantize(source_model, dataset, spec):  # noqa: ANN001, ANN202 - orchestration helper
     prepared = calibrate(source_model, dataset, spec)
     reference = reference_convert(prepared, spec)
@@ -156,7 +214,13 @@ def _quantize(source_model, dataset, spec):  # noqa: ANN001, ANN202 - orchestrat
 def convert_flow(params: ConvertParams) -> ConvertResult:
     """Convert a registered float model to int8, validate, benchmark, log, register and promote."""
     spec = params.spec
+    key = params.idempotency_key(*resolve_source(params.model_uri))
+    if not params.force and (existing := find_version_by_key(params.target_name, key)):
+        return _skipped(params, existing, key, "already converted")
     source = load_model(params.model_uri)
+    if (loaded_key := params.idempotency_key(source.name, source.version, source.run_id)) != key:
+        print(f"{params.model_uri} moved to version {source.version} while loading; idempotency key recomputed")
+        key = loaded_key
     dataset = load_data(params.data, source.model)
     run_id = start_run(
         params.experiment,
@@ -211,7 +275,13 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             metrics |= {f"gate.{g.name}.passed": float(g.passed) for g in gates}
             metrics["gates_passed"] = float(passed)
             metrics |= {"quantized_layers": float(coverage.quantized_count), "quantized_fraction": coverage.quantized_fraction}
-            promoted_alias = params.alias if passed else None
+            if not passed:
+                promoted, reason = False, "gates failed"
+            elif params.promote_if == "better":
+                promoted, reason = compare_with_holder(params.target_name, "", params.alias, metrics, params.eval_digest())
+            else:
+                promoted, reason = True, "every gate passed (promote_if=gates)"
+            promoted_alias = params.alias if promoted else None
             report = render_report(
                 source_uri=params.model_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
                 gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
@@ -251,10 +321,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 example=dataset.example_inputs[0],
                 files=files,
             )
-        version = register_model(
-            model_uri,
-            params.target_name,
-            {
+        lineage = {
                 "source_uri": params.model_uri,
                 "source_name": source.name or "",
                 "source_version": source.version or "",
@@ -265,19 +332,44 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 "gates_passed": str(passed).lower(),
                 "flow_run_id": str(runtime.flow_run.id),
                 "mlflow_run_id": run_id,
-            },
-            description=f"int8 ({spec.backend}, {spec.mode}) of {params.model_uri} (version {source.version})",
-        )
+                "idempotency_key": key,
+                "eval_digest": params.eval_digest(),
+                "promote_if": params.promote_if,
+        }
+        if PREFECT_UI_URL.value() and (url := runtime.flow_run.ui_url):  # known only with a Prefect server/UI
+            lineage["flow_run_url"] = url
+        with registry_lock():  # check-then-register, one registrar at a time
+            existing = None if params.force else find_version_by_key(params.target_name, key)
+            if existing is None:
+                version = register_model(
+                    model_uri, params.target_name, lineage,
+                    description=f"int8 ({spec.backend}, {spec.mode}) of {params.model_uri} (version {source.version})",
+                )
+        if existing is not None:  # a concurrent run with the same key registered first
+            end_run(run_id, "FINISHED", {"quantstage.duplicate_of": f"{params.target_name}/{existing['version']}"})
+            return _skipped(params, existing, key, "registered meanwhile by another run")
         publish_report(report, params.target_name)
         if not passed:
+            tag_version(params.target_name, version, {"promoted": "false", "promotion_reason": reason})
             raise GateFailure(_failure_message(params.target_name, version, params.alias, gates, fallback))
-        promote(params.target_name, version, params.alias)
+        if promoted:
+            promote(params.target_name, version, params.alias)
+            emit_model_event(PROMOTED, params.target_name, version, {
+                "alias": params.alias, "source_uri": params.model_uri, "source_version": source.version or "",
+                "reason": reason, "mlflow_run_id": run_id, "flow_run_id": str(runtime.flow_run.id),
+                "metrics": {k: metrics[k] for k in ("int8_accuracy", "output_sqnr_db", "speedup") if k in metrics},
+            })
+            print(f"models:/{params.target_name}@{params.alias} -> version {version}: {reason}")
+        else:
+            print(f"not promoted: {reason}")
+        tag_version(params.target_name, version, {"promoted": str(promoted).lower(), "promotion_reason": reason[:4000]})
     except BaseException:
         end_run(run_id, "FAILED")
         raise
     end_run(run_id, "FINISHED")
     return ConvertResult(
         run_id=run_id, model_uri=model_uri, registered_name=params.target_name, version=version,
-        promoted=True, metrics=metrics, gates=[g.as_dict() for g in gates],
+        promoted=promoted, metrics=metrics, gates=[g.as_dict() for g in gates],
         float_layers=list(fallback.chosen.float_layers) if fallback and fallback.chosen else [],
+        idempotency_key=key, reason=reason,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks.events import REGISTERED, emit_model_event
 from tasks.track import promote, register_model
 from tasks.train import train_digits
 
@@ -20,9 +21,14 @@ def train_demo(
 ) -> str:
     """Train DigitsCNN, register it as ``registered_name`` and point ``alias`` at it.
 
+    Emits ``quantstage.model.registered`` (resource ``mlflow.model.<name>.<version>``, payload
+    ``model_uri``) once the version is registered and aliased.
+
     Returns the URI of the registered version (``models:/<name>/<version>``).
     """
     model_uri, accuracy = train_digits(experiment, epochs, seed)
     version = register_model(model_uri, registered_name, {"test_accuracy": f"{accuracy:.4f}", "trained_by": "train_demo"})
     promote(registered_name, version, alias)
+    # lets deployments react (deploy/prefect.yaml: on-registered); any training pipeline can emit it
+    emit_model_event(REGISTERED, registered_name, version, {"alias": alias, "test_accuracy": accuracy})
     return f"models:/{registered_name}/{version}"

@@ -3,8 +3,11 @@ the registry version with its lineage tags, and the alias promotion."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import mlflow
@@ -16,7 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from quant.artifacts import TorchScriptArtifact
 from tasks._common import io_retry_condition, run_logger
 
-__all__ = ["end_run", "experiment_id", "log_conversion", "log_pytorch_model", "promote", "register_model", "start_run"]
+__all__ = [
+    "compare_with_holder", "digest", "end_run", "experiment_id", "find_version_by_key", "log_conversion",
+    "log_pytorch_model", "promote", "register_model", "registry_lock", "resolve_source", "start_run", "tag_version",
+]
 
 _IO = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
 TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
@@ -111,3 +117,102 @@ def end_run(run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | Non
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, status=status)
+
+
+def digest(parts: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``parts`` (idempotency keys, evaluation digests)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@task(name="find_version_by_key", **_IO)
+def find_version_by_key(name: str, key: str) -> dict[str, Any] | None:
+    """The registered version of ``name`` tagged ``idempotency_key=key`` (oldest first), or None.
+
+    Returns ``{"version", "run_id", "source", "tags", "metrics"}`` of that version."""
+    client = mlflow.MlflowClient()
+    found = client.search_model_versions(f"name = '{name}' and tags.idempotency_key = '{key}'")
+    if not found:
+        return None
+    mv = min(found, key=lambda v: int(v.version))
+    run_id = mv.tags.get("mlflow_run_id") or mv.run_id or ""
+    metrics = client.get_run(run_id).data.metrics if run_id else {}
+    return {"version": str(mv.version), "run_id": run_id, "source": mv.source, "tags": dict(mv.tags), "metrics": dict(metrics)}
+
+
+@task(name="resolve_source", **_IO)
+def resolve_source(model_uri: str) -> tuple[str | None, str | None, str | None]:
+    """``(registered name, version, run id)`` the source URI resolves to now (for the idempotency key)."""
+    from tasks.load import resolve_model_uri
+
+    return resolve_model_uri(model_uri)
+
+
+REGISTRY_LIMIT = "quantstage-registry"
+
+
+@contextlib.contextmanager
+def registry_lock(timeout_seconds: float = 300) -> Iterator[None]:
+    """One registrar at a time across every worker: a Prefect global concurrency limit of 1
+    (``quantstage-registry``, created on first use) around check-then-register."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(REGISTRY_LIMIT)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=REGISTRY_LIMIT, limit=1))
+    with concurrency(REGISTRY_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        yield
+
+
+@task(name="tag_version", **_IO)
+def tag_version(name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on registry version ``name``/``version``."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _alias_holder(client: mlflow.MlflowClient, name: str, alias: str):  # noqa: ANN202
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # nothing registered under this name yet
+            return None
+        raise
+    if alias not in aliases:
+        return None
+    return client.get_model_version_by_alias(name, alias)
+
+
+@task(name="compare_with_holder", **_IO)
+def compare_with_holder(name: str, version: str, alias: str, metrics: Mapping[str, float], eval_digest: str) -> tuple[bool, str]:
+    """Whether the new ``version`` is at least as good as the version holding ``alias``, and why.
+
+    Compares ``int8_accuracy`` (else ``output_sqnr_db``) from the holder's MLflow run, only when
+    the holder was evaluated on the same data and metrics (its ``eval_digest`` tag); otherwise
+    says that it falls back to the gates."""
+    client = mlflow.MlflowClient()
+    holder = _alias_holder(client, name, alias)
+    if holder is None:
+        return True, f"no version holds @{alias} yet"
+    if str(holder.version) == str(version):
+        return True, f"version {version} already holds @{alias}"
+    if holder.tags.get("eval_digest") != eval_digest:
+        return True, (
+            f"version {holder.version} holds @{alias} but was evaluated on other data/metrics "
+            f"(eval_digest {holder.tags.get('eval_digest', 'missing')} != {eval_digest}): gates only"
+        )
+    run_id = holder.tags.get("mlflow_run_id") or holder.run_id
+    theirs = client.get_run(run_id).data.metrics if run_id else {}
+    for metric in ("int8_accuracy", "output_sqnr_db"):
+        if metric in theirs and metric in metrics:
+            mine, best = float(metrics[metric]), float(theirs[metric])
+            if mine >= best:
+                return True, f"{metric} {mine:.4f} >= {best:.4f} of version {holder.version} (@{alias})"
+            return False, f"{metric} {mine:.4f} < {best:.4f} of version {holder.version}, which keeps @{alias}"
+    return True, f"version {holder.version} (@{alias}) has no comparable metric logged: gates only"
