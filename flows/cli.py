@@ -39,12 +39,10 @@ def _quiet_prefect_tracebacks() -> None:
 
 
 def _one_line(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
+    from quant.spec import first_error
+
     extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid {source}: {where}: {msg} (got {got!r}){extra}"
+    return f"invalid {source}: {first_error(exc)}{extra}"
 
 
 def _load_config(path: str) -> dict[str, Any]:

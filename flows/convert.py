@@ -204,10 +204,14 @@ def _skipped(params: ConvertParams, existing: dict, key: str, why: str) -> Conve
     )
 
 
+def _convert(prepared, spec):  # noqa: ANN001, ANN202 - orchestration helper
+    reference = reference_convert(prepared, spec)
+    return reference, lower(reference, spec)
+
+
 def _quantize(source_model, dataset, spec):  # noqa: ANN001, ANN202 - orchestration helper
     prepared = calibrate(source_model, dataset, spec)
-    reference = reference_convert(prepared, spec)
-    return prepared, reference, lower(reference, spec)
+    return (prepared, *_convert(prepared, spec))
 
 
 @flow(name="convert", flow_run_name=_run_name, log_prints=True)
@@ -230,8 +234,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
     try:
         if params.qat_checkpoint:
             prepared, spec = load_qat(source.model, dataset, fetch_file(params.qat_checkpoint), spec)
-            reference = reference_convert(prepared, spec)
-            quantized = lower(reference, spec)
+            reference, quantized = _convert(prepared, spec)
         else:
             prepared, reference, quantized = _quantize(source.model, dataset, spec)
         accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)

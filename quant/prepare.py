@@ -98,14 +98,16 @@ def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ..
     p = spec.prepare_custom
     if not (p.standalone_module_names or p.standalone_module_classes):
         return config
+    model = copy.deepcopy(model).eval()  # the input capture runs a forward with hooks: not on the caller's model
     mapping, backend = spec.qconfig_mapping_object(), spec.backend_config_object()
     classes = tuple(resolve_dotted(c) for c in p.standalone_module_classes)
-    by_class = [n for n, m in model.named_modules() if classes and isinstance(m, classes)]
+    modules = dict(model.named_modules())
+    by_class = [n for n, m in modules.items() if classes and isinstance(m, classes)]
     inputs = _standalone_inputs(model, example_inputs, [*p.standalone_module_names, *by_class])
     for name in p.standalone_module_names:
         config.set_standalone_module_name(name, mapping, inputs[name], None, backend)
     for cls in classes:
-        first = next((n for n in by_class if isinstance(dict(model.named_modules())[n], cls)), None)
+        first = next((n for n in by_class if isinstance(modules[n], cls)), None)
         if first is not None:
             config.set_standalone_module_class(cls, mapping, inputs[first], None, backend)
     return config
@@ -123,7 +125,7 @@ def prepare(
     torch.backends.quantized.engine = spec.backend
     prepare_fn = _fx.prepare_qat_fx if qat else _fx.prepare_fx
     try:
-        custom = _prepare_custom_config(copy.deepcopy(model).eval(), example_inputs, spec)
+        custom = _prepare_custom_config(model, example_inputs, spec)
         with _fx.fx_quiet():
             return prepare_fn(
                 float_model,

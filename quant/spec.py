@@ -292,11 +292,8 @@ class QuantSpec(_Spec):
         config.set_non_traceable_module_names(untraced)
         config.set_non_traceable_module_classes([resolve_dotted(c) for c in p.non_traceable_module_classes])
         config.set_preserved_attributes(list(p.preserved_attributes))
-        for quant_type, mapping in p.float_to_observed.items():
-            for float_cls, observed_cls in mapping.items():
-                config.set_float_to_observed_mapping(
-                    resolve_dotted(float_cls), resolve_dotted(observed_cls), _quant_type(quant_type)
-                )
+        for float_cls, observed_cls, quant_type in _class_pairs(p.float_to_observed):
+            config.set_float_to_observed_mapping(float_cls, observed_cls, quant_type)
         return config
 
     def convert_custom_config(self) -> Any:
@@ -304,11 +301,8 @@ class QuantSpec(_Spec):
         c = self.convert_custom
         config = _fx.ConvertCustomConfig()
         config.set_preserved_attributes(list(c.preserved_attributes))
-        for quant_type, mapping in c.observed_to_quantized.items():
-            for observed_cls, quantized_cls in mapping.items():
-                config.set_observed_to_quantized_mapping(
-                    resolve_dotted(observed_cls), resolve_dotted(quantized_cls), _quant_type(quant_type)
-                )
+        for observed_cls, quantized_cls, quant_type in _class_pairs(c.observed_to_quantized):
+            config.set_observed_to_quantized_mapping(observed_cls, quantized_cls, quant_type)
         return config
 
     def backend_config_object(self) -> Any:
@@ -343,6 +337,15 @@ class QuantSpec(_Spec):
             else:
                 params[f"spec.{key}"] = str(value)
         return params
+
+
+def _class_pairs(by_quant_type: dict[str, dict[str, str]]) -> list[tuple[Any, Any, Any]]:
+    """``(from_class, to_class, torch QuantType)`` for a ``{quant_type: {from_path: to_path}}`` mapping."""
+    return [
+        (resolve_dotted(src), resolve_dotted(dst), _quant_type(quant_type))
+        for quant_type, mapping in by_quant_type.items()
+        for src, dst in mapping.items()
+    ]
 
 
 def _quant_type(name: str) -> Any:

@@ -20,6 +20,11 @@ from tasks._common import io_retry_condition, run_logger
 __all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri"]
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
+def _not_found(exc: MlflowException) -> bool:
+    """MLflow's answer for a name, version, alias or artifact that does not exist (not an I/O fault)."""
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
 
 
@@ -50,7 +55,7 @@ def resolve_model_uri(uri: str) -> tuple[str | None, str | None, str | None]:
         else:
             mv = client.get_model_version(name, match["version"])
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if _not_found(exc):
             raise SourceError(
                 f"model URI {uri!r} does not resolve in the MLflow registry at "
                 f"{mlflow.get_tracking_uri()!r} ({exc.message.splitlines()[0]}); register the model "
@@ -105,6 +110,6 @@ def fetch_file(uri: str) -> str:
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if _not_found(exc):
             raise SourceError(f"artifact {uri!r} does not exist in MLflow at {mlflow.get_tracking_uri()!r}") from exc
         raise
