@@ -69,6 +69,19 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def _kwargs(pairs: Sequence[str] | None, flag: str) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs (values parsed as YAML: numbers, booleans, lists) as a dict."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _BadInput(f"{flag} {pair!r} is not KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _convert_params(args: argparse.Namespace) -> Any:
     from flows.convert import ConvertParams
 
@@ -96,12 +109,25 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "qat_checkpoint": args.qat_checkpoint,
         "promote_if": args.promote_if,
         "force": True if args.force else None,
+        "model.factory": args.model_factory,
+        "model.weights": args.weights,
+        "model.folder": args.model_folder,
+        "model.kwargs": _kwargs(args.model_kwarg, "--model-kwarg"),
+        "data.source": args.data,
+        "data.kwargs": _kwargs(args.data_kwarg, "--data-kwarg"),
+        "data.evaluation_source": args.eval_data,
+        "evaluation.task": args.task,
+        "spec.tracing": args.tracing,
+        "gates.min_quantized_fraction": args.min_quantized_fraction,
     }
     for key, value in overrides.items():
         if value is not None:
             _set(raw, key, value)
-    if "model_uri" not in raw:
-        raise _BadInput("no model URI given; pass MODEL_URI (e.g. models:/digits-cnn@champion) or model_uri in --config")
+    if "model_uri" not in raw and "model" not in raw:
+        raise _BadInput(
+            "no model given; pass MODEL_URI (e.g. models:/digits-cnn@champion), --model-factory package.module:callable "
+            "[--weights file], or model_uri/model in --config"
+        )
     try:
         return ConvertParams.model_validate(raw)
     except ValidationError as exc:
@@ -188,6 +214,16 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--experiment", help="MLflow experiment (default quantstage)")
     conv.add_argument("--promote-if", help="gates | better (default better: also no worse than the alias holder)")
     conv.add_argument("--force", action="store_true", help="convert even if this exact conversion is already registered")
+    conv.add_argument("--model-factory", help="package.module:callable building the float model (instead of MODEL_URI)")
+    conv.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE", help="factory keyword argument (YAML value; repeatable)")
+    conv.add_argument("--weights", help="state_dict for the factory's model: .pt/.pth (weights_only) or .safetensors")
+    conv.add_argument("--model-folder", help="checkpoint folder passed to the factory as its first argument")
+    conv.add_argument("--data", help="data source: digits | package.module:function | .pt/.npz/.npy file")
+    conv.add_argument("--data-kwarg", action="append", metavar="KEY=VALUE", help="data function keyword argument (repeatable)")
+    conv.add_argument("--eval-data", help="separate evaluation data source (same forms as --data)")
+    conv.add_argument("--task", help="evaluation task: classification | regression | embedding")
+    conv.add_argument("--tracing", help="auto | whole | submodules (default auto)")
+    conv.add_argument("--min-quantized-fraction", type=float, help="gate: least share of weighted parameters quantized")
     conv.set_defaults(run=_cmd_convert)
     demo = sub.add_parser("demo", help="train the digits CNN, register it, convert it")
     demo.add_argument("--epochs", type=int, default=4)

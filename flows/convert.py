@@ -12,7 +12,7 @@ from typing import Literal
 
 from prefect import flow, runtime
 from prefect.settings import PREFECT_UI_URL
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quant.benchmark import benchmark_table
 from quant.errors import QuantStageError
@@ -21,6 +21,7 @@ from quant.fallback import FallbackConfig, FallbackResult
 from quant.gates import GateResult, GatesConfig, check_gates
 from quant.report import render_report
 from quant.sensitivity import sensitivity_table
+from quant.model_source import ModelSource
 from quant.sources import DataSpec
 from quant.spec import QuantSpec
 from tasks.benchmark import benchmark_model
@@ -29,7 +30,8 @@ from tasks.coverage import measure_coverage
 from tasks.export import export_model, export_reference
 from tasks.fallback import fallback_search
 from tasks.events import PROMOTED, emit_model_event
-from tasks.load import fetch_file, load_data, load_model
+from tasks.load import fetch_file, load_data, load_model, source_identity
+from tasks.submodules import choose_tracing, quantize_by_submodules
 from tasks.lower import lower
 from tasks.reference_convert import reference_convert
 from tasks.report import publish_report
@@ -40,10 +42,10 @@ from tasks.track import (
     end_run,
     find_version_by_key,
     log_conversion,
+    log_data_lineage,
     promote,
     register_model,
     registry_lock,
-    resolve_source,
     start_run,
     tag_version,
 )
@@ -63,8 +65,15 @@ class ConvertParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_uri: str = Field(
-        description="Float source model: models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>."
+    model_uri: str | None = Field(
+        None,
+        description="Float source model in MLflow: models:/<name>/<version>, models:/<name>@<alias> or "
+        "runs:/<run_id>/<path> (shorthand for model: {uri: ...}).",
+    )
+    model: ModelSource | None = Field(
+        None,
+        description="Float source model: {uri}, {factory, kwargs, folder, weights} or {path, trust_pickle}; "
+        "give this or model_uri.",
     )
     data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
     spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
@@ -119,10 +128,28 @@ class ConvertParams(BaseModel):
         "recalibration, with the checkpoint's spec.",
     )
 
+    @model_validator(mode="after")
+    def _one_model(self) -> ConvertParams:
+        if (self.model_uri is None) == (self.model is None):
+            raise ValueError(
+                "give exactly one of model_uri (an MLflow model URI) or model (a model source: uri, factory + "
+                "weights, or a trusted pickle)"
+            )
+        return self
+
+    @property
+    def source(self) -> ModelSource:
+        """The model source, whichever field gave it."""
+        return self.model if self.model is not None else ModelSource(uri=self.model_uri)
+
+    @property
+    def source_label(self) -> str:
+        return self.source.uri or self.source.label
+
     @field_validator("model_uri")
     @classmethod
-    def _known_uri_form(cls, value: str) -> str:
-        if not _MODEL_URI.match(value):
+    def _known_uri_form(cls, value: str | None) -> str | None:
+        if value is not None and not _MODEL_URI.match(value):
             raise ValueError(
                 f"model_uri {value!r} is not of a supported form; use models:/<name>/<version>, "
                 f"models:/<name>@<alias> or runs:/<run_id>/<path>"
@@ -133,12 +160,12 @@ class ConvertParams(BaseModel):
         """Digest of what the metrics are measured on (data + evaluation): comparable iff equal."""
         return digest({"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")})[:16]
 
-    def idempotency_key(self, source_name: str | None, source_version: str | None, source_run_id: str | None) -> str:
-        """sha256 of the resolved source (name+version, else run id), the spec, the data, the
-        evaluation, the gates, the fallback and the QAT checkpoint: equal keys, same conversion."""
-        source = f"models:/{source_name}/{source_version}" if source_name and source_version else f"runs:/{source_run_id}"
+    def idempotency_key(self, identity: str) -> str:
+        """sha256 of the resolved source (``tasks.load.source_identity``: registry version, run, or
+        the digests of factory, kwargs and weight files), the spec, the data, the evaluation, the
+        gates, the fallback and the QAT checkpoint: equal keys, same conversion."""
         return digest({
-            "source": source,
+            "source": identity,
             "spec": self.spec.digest(),
             "data": self.data.model_dump(mode="json"),
             "evaluation": self.evaluation.model_dump(mode="json"),
@@ -151,6 +178,10 @@ class ConvertParams(BaseModel):
     def target_name(self) -> str:
         if self.registered_name:
             return self.registered_name
+        if self.model_uri is None:
+            if self.source.uri is None:
+                return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.label) + "-int8"
+            return self.model_copy(update={"model_uri": self.source.uri, "model": None}).target_name
         if self.model_uri.startswith("models:/"):
             return re.split(r"[/@]", self.model_uri[len("models:/") :])[0] + "-int8"
         return "run-" + self.model_uri[len("runs:/") :].split("/")[0][:8] + "-int8"
@@ -174,7 +205,11 @@ class ConvertResult(BaseModel):
 
 def _run_name() -> str:
     params = runtime.flow_run.parameters.get("params")
-    uri = params.model_uri if isinstance(params, ConvertParams) else (params or {}).get("model_uri", "?")
+    if isinstance(params, ConvertParams):
+        uri = params.source_label
+    else:
+        raw = params or {}
+        uri = raw.get("model_uri") or (raw.get("model") or {}).get("uri") or (raw.get("model") or {}).get("factory") or "?"
     spec = params.spec if isinstance(params, ConvertParams) else QuantSpec.model_validate((params or {}).get("spec", {}))
     return f"convert {uri} [{spec.backend}/{spec.mode}]"
 
@@ -218,38 +253,46 @@ def _quantize(source_model, dataset, spec):  # noqa: ANN001, ANN202 - orchestrat
 def convert_flow(params: ConvertParams) -> ConvertResult:
     """Convert a registered float model to int8, validate, benchmark, log, register and promote."""
     spec = params.spec
-    key = params.idempotency_key(*resolve_source(params.model_uri))
+    gates_config = params.gates.for_task(params.evaluation.task)
+    source_uri = params.source_label
+    key = params.idempotency_key(source_identity(params.source))
     if not params.force and (existing := find_version_by_key(params.target_name, key)):
         return _skipped(params, existing, key, "already converted")
-    source = load_model(params.model_uri)
-    if (loaded_key := params.idempotency_key(source.name, source.version, source.run_id)) != key:
-        print(f"{params.model_uri} moved to version {source.version} while loading; idempotency key recomputed")
+    source = load_model(params.source)
+    if (loaded_key := params.idempotency_key(source.identity)) != key:
+        print(f"{source_uri} changed while loading (now {source.identity}); idempotency key recomputed")
         key = loaded_key
     dataset = load_data(params.data, source.model)
     run_id = start_run(
         params.experiment,
-        f"{params.target_name} from {params.model_uri}",
-        {"quantstage.source_uri": params.model_uri, "quantstage.flow_run_id": str(runtime.flow_run.id)},
+        f"{params.target_name} from {source_uri}",
+        {"quantstage.source_uri": source_uri, "quantstage.flow_run_id": str(runtime.flow_run.id)},
     )
     try:
+        log_data_lineage(run_id, dataset, params.data)
+        tracing, why = ("whole", "") if params.qat_checkpoint else choose_tracing(source.model, dataset, spec)
+        submodules = None
         if params.qat_checkpoint:
             prepared, spec = load_qat(source.model, dataset, fetch_file(params.qat_checkpoint), spec)
             reference, quantized = _convert(prepared, spec)
+        elif tracing == "submodules":
+            submodules = quantize_by_submodules(source.model, dataset, spec)
+            prepared, reference, quantized = None, None, submodules.model
         else:
             prepared, reference, quantized = _quantize(source.model, dataset, spec)
         accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
-        coverage = measure_coverage(source.model, reference, quantized)
+        coverage = submodules.report if submodules else measure_coverage(source.model, reference, quantized)
         with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
             layers, chart = (
                 analyze_sensitivity(prepared, quantized, dataset, work_dir, params.target_name, params.sensitivity_batches)
-                if params.sensitivity
+                if params.sensitivity and prepared is not None
                 else ([], None)
             )
             fallback = None
-            accuracy_ok = all(g.passed for g in check_gates(params.gates.accuracy_only(), accuracy))
-            if params.fallback.enabled and not accuracy_ok and layers and not params.qat_checkpoint:
+            accuracy_ok = all(g.passed for g in check_gates(gates_config.accuracy_only(), accuracy))
+            if params.fallback.enabled and not accuracy_ok and layers and not params.qat_checkpoint and not submodules:
                 fallback, chosen = fallback_search(
-                    run_id, source.model, dataset, spec, params.gates, [layer.name for layer in layers], params.fallback,
+                    run_id, source.model, dataset, spec, gates_config, [layer.name for layer in layers], params.fallback,
                     params.evaluation,
                 )
                 if chosen is not None:
@@ -258,7 +301,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
                     coverage = measure_coverage(source.model, reference, quantized)
             artifact, variants = export_model(quantized, dataset, work_dir, params.ship_tolerance)
-            reference_artifact = export_reference(reference, dataset, work_dir)
+            reference_artifact = export_reference(reference, dataset, work_dir) if reference is not None else None
             benchmarks, machine, latency_png = benchmark_model(
                 source.model, artifact.module, dataset,
                 batch_sizes=params.benchmark_batch_sizes,
@@ -268,7 +311,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 out_dir=work_dir,
                 name=params.target_name,
             )
-            gates = check_gates(params.gates, accuracy, benchmarks[0], coverage)
+            gates = check_gates(gates_config, accuracy, benchmarks[0], coverage)
             passed = all(g.passed for g in gates)
             metrics = accuracy.as_metrics() | benchmarks[0].as_metrics()
             for b in benchmarks[1:]:
@@ -286,18 +329,34 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 promoted, reason = True, "every gate passed (promote_if=gates)"
             promoted_alias = params.alias if promoted else None
             report = render_report(
-                source_uri=params.model_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
+                source_uri=source_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
                 gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
                 sensitivity=layers, fallback=fallback, coverage=coverage, variants=variants, machine=machine,
             )
-            files = {str(reference_artifact.path): "reference", latency_png: "benchmark"}
+            files = {latency_png: "benchmark"}
+            if reference_artifact is not None:
+                files[str(reference_artifact.path)] = "reference"
+            documents = {
+                "report.md": report,
+                "spec.json": spec.to_json(),
+                "params.json": params.model_dump_json(indent=2),
+                "code/quantized.py": getattr(quantized, "code", ""),
+            }
+            if reference is not None:
+                documents["reference/reference.py"] = reference.code
+            for path, ref in (submodules.references.items() if submodules else ()):
+                documents[f"reference/submodules/{path}.py"] = ref.code
+                documents[f"code/submodules/{path}.py"] = submodules.lowered[path].code
             if chart:
                 files[chart] = "sensitivity"
             model_uri = log_conversion(
                 run_id,
                 params={
                     **spec.as_params(),
-                    "source_uri": params.model_uri,
+                    "source_uri": source_uri,
+                    "resolved.tracing": tracing + (f" ({why[:200]})" if why else ""),
+                    "data.evaluation_source": params.data.evaluation_source or "",
+                    "data.inputs": dataset.describe()[:500],
                     "source_version": source.version or "",
                     "data.source": params.data.source,
                     "data.batch_size": str(params.data.batch_size),
@@ -306,13 +365,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "fallback.enabled": str(params.fallback.enabled),
                 },
                 metrics=metrics,
-                documents={
-                    "report.md": report,
-                    "spec.json": spec.to_json(),
-                    "params.json": params.model_dump_json(indent=2),
-                    "reference/reference.py": reference.code,
-                    "code/quantized.py": quantized.code,
-                },
+                documents=documents,
                 json_documents={"gates.json": [g.as_dict() for g in gates]},
                 tables={
                     "benchmark/latency.json": benchmark_table(benchmarks),
@@ -321,11 +374,12 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "sensitivity/sensitivity.json": sensitivity_table(layers),
                 },
                 artifact=artifact,
-                example=dataset.example_inputs[0],
+                example=dataset.example_inputs,
+                input_names=dataset.input_names,
                 files=files,
             )
         lineage = {
-                "source_uri": params.model_uri,
+                "source_uri": source_uri,
                 "source_name": source.name or "",
                 "source_version": source.version or "",
                 "source_run_id": source.run_id or "",
@@ -346,7 +400,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             if existing is None:
                 version = register_model(
                     model_uri, params.target_name, lineage,
-                    description=f"int8 ({spec.backend}, {spec.mode}) of {params.model_uri} (version {source.version})",
+                    description=f"int8 ({spec.backend}, {spec.mode}) of {source_uri} (version {source.version})",
                 )
         if existing is not None:  # a concurrent run with the same key registered first
             end_run(run_id, "FINISHED", {"quantstage.duplicate_of": f"{params.target_name}/{existing['version']}"})
@@ -358,7 +412,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
         if promoted:
             promote(params.target_name, version, params.alias)
             emit_model_event(PROMOTED, params.target_name, version, {
-                "alias": params.alias, "source_uri": params.model_uri, "source_version": source.version or "",
+                "alias": params.alias, "source_uri": source_uri, "source_version": source.version or "",
                 "reason": reason, "mlflow_run_id": run_id, "flow_run_id": str(runtime.flow_run.id),
                 "metrics": {k: metrics[k] for k in ("int8_accuracy", "output_sqnr_db", "speedup") if k in metrics},
             })

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from quant.inputs import batch_len
 from quant.plots import save_figure, subplots
 
 __all__ = [
@@ -67,6 +68,20 @@ class BenchmarkReport:
 
     @property
     def speedup(self) -> float:
+        """Median over the interleaved pairs of float time / quantized time.
+
+        Each pair ran back to back, so drift (frequency, a neighbour's load) hits both of its
+        calls alike and cancels in the ratio; the ratio of the two medians keeps the drift of
+        the whole run. Without per-call times: the ratio of the p50s.
+        """
+        pairs = [f / q for f, q in zip(self.float_times_ms, self.quant_times_ms) if q > 0]
+        if not pairs:
+            return self.float_latency.p50_ms / self.quant_latency.p50_ms
+        return float(torch.tensor(pairs, dtype=torch.float64).median().item())
+
+    @property
+    def p50_ratio(self) -> float:
+        """Float p50 / quantized p50 (the ratio of the medians; ``speedup`` is the median ratio)."""
         return self.float_latency.p50_ms / self.quant_latency.p50_ms
 
     @property
@@ -128,10 +143,16 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def _measure(float_model, quant_model, example_inputs, iterations):  # noqa: ANN001, ANN202
+    """Interleaved pairs, the order alternating (A B, B A, ...) so neither model always runs
+    right after the other one has flushed the caches."""
     float_times, quant_times = [], []
-    for _ in range(iterations):
-        float_times.append(_timed(lambda: float_model(*example_inputs)))
-        quant_times.append(_timed(lambda: quant_model(*example_inputs)))
+    for i in range(iterations):
+        if i % 2:
+            quant_times.append(_timed(lambda: quant_model(*example_inputs)))
+            float_times.append(_timed(lambda: float_model(*example_inputs)))
+        else:
+            float_times.append(_timed(lambda: float_model(*example_inputs)))
+            quant_times.append(_timed(lambda: quant_model(*example_inputs)))
     return float_times, quant_times
 
 
@@ -165,7 +186,7 @@ def benchmark(
     """
     float_model.eval()
     quant_model.eval()
-    batch_size = int(example_inputs[0].shape[0]) if example_inputs else 1
+    batch_size = batch_len(example_inputs) if example_inputs else 1
     with threads(num_threads) as n:
         for _ in range(warmup):
             float_model(*example_inputs)

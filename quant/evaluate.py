@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from quant.inputs import args_of
 from quant.sources import Batch
 
 __all__ = ["AccuracyReport", "EvaluationSpec", "evaluate", "sqnr_db"]
@@ -128,8 +129,8 @@ def evaluate(
     spec = spec or EvaluationSpec()
     float_outputs, quant_outputs, targets = [], [], []
     for inputs, target in batches:
-        float_outputs.append(float_model(inputs))
-        quant_outputs.append(quant_model(inputs))
+        float_outputs.append(float_model(*args_of(inputs)))
+        quant_outputs.append(quant_model(*args_of(inputs)))
         if target is not None:
             targets.append(target)
     f = torch.cat(float_outputs)

@@ -50,6 +50,11 @@ class GatesConfig(BaseModel):
     )
 
 
+    def for_task(self, task: str) -> GatesConfig:
+        """Top-1 accuracy exists only for classification: other tasks drop ``max_accuracy_drop``
+        (their gates are SQNR, agreement-free metrics and the rest)."""
+        return self if task == "classification" else self.model_copy(update={"max_accuracy_drop": None})
+
     def accuracy_only(self) -> GatesConfig:
         """The gates that depend on accuracy alone (what a fallback trial must pass)."""
         return self.model_copy(

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["machine_info"]
+__all__ = ["default_reduce_range", "has_int8_dot_product", "machine_info"]
 
 # ISA extensions that decide int8 GEMM speed on x86 (VNNI/AMX) and what fbgemm/onednn can use.
 _INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -26,6 +26,35 @@ def _cpuinfo() -> dict[str, str]:
         if key in ("model name", "flags") and key not in info:
             info[key] = value.strip()
     return info
+
+
+# int8 dot-product instructions: u8*s8 products accumulate straight into int32 (no int16
+# intermediate that saturates), so x86/fbgemm kernels are exact with full 8-bit activations.
+_INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_REDUCE_RANGE_BACKENDS = ("x86", "fbgemm")
+
+
+def has_int8_dot_product() -> str | None:
+    """The first int8 dot-product ISA flag this CPU has (VNNI/AMX), or None."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return next((f for f in _INT8_DOT_FLAGS if f in flags), None)
+
+
+def default_reduce_range(backend: str) -> tuple[bool, str]:
+    """Whether static activations default to 7 bits (``reduce_range``) on ``backend``, and why.
+
+    torch's x86/fbgemm defaults observe 7-bit activations because AVX2/AVX-512 kernels without
+    VNNI multiply u8*s8 pairs into int16 with saturation. On a CPU with VNNI/AMX they do not
+    saturate, and 8-bit activations gain accuracy at no cost (ResNet-18 output SQNR 32.3 -> 36.0 dB,
+    bench/RESULTS.md). qnnpack/onednn always use 8 bits. A model converted here for a CPU
+    without VNNI should set ``observers.reduce_range: true`` explicitly.
+    """
+    if backend not in _REDUCE_RANGE_BACKENDS:
+        return False, f"{backend}: 8-bit activations"
+    flag = has_int8_dot_product()
+    if flag:
+        return False, f"{backend} on a CPU with {flag}: 8-bit activations (no int16 saturation)"
+    return True, f"{backend} without VNNI/AMX: 7-bit activations (reduce_range) against int16 saturation"
 
 
 def machine_info() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from torch.fx import GraphModule
 
 from quant import _fx
 from quant.errors import DataError, SpecError, TracingError
+from quant.inputs import args_of, describe
 from quant.sources import Batch
 from quant.spec import QuantSpec, resolve_dotted
 
@@ -20,21 +21,17 @@ __all__ = ["calibrate", "check_inputs_fit", "degenerate_ranges", "prepare"]
 logger = logging.getLogger(__name__)
 
 
-def _shapes(inputs: Sequence[Any]) -> str:
-    return ", ".join(
-        str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs
-    )
-
-
-def check_inputs_fit(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> None:
-    """Run ``model`` once on ``example_inputs``; raise DataError naming the shapes if it fails."""
+def check_inputs_fit(
+    model: torch.nn.Module, example_inputs: tuple[Any, ...], names: Sequence[str] | None = None
+) -> None:
+    """Run ``model`` once on ``example_inputs``; raise DataError naming the arguments and shapes if it fails."""
     try:
         with torch.no_grad():
             model.eval()(*example_inputs)
     except Exception as exc:  # any failure here means the data does not fit the model
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"data batch of shape {_shapes(example_inputs)} does not fit "
+            f"data batch of shape {describe(example_inputs, names)} does not fit "
             f"{type(model).__name__}.forward: {first_line}; fix: give data whose batches "
             f"have the input shape the model was trained on"
         ) from exc
@@ -177,7 +174,7 @@ def calibrate(
         for inputs, _ in batches:
             if seen >= max_batches:
                 break
-            prepared(inputs)
+            prepared(*args_of(inputs))
             seen += 1
             if on_batch is not None:
                 on_batch(seen, max_batches)

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quant import _fx
+from quant.hardware import default_reduce_range
 from quant.errors import SpecError
 
 __all__ = [
@@ -99,8 +100,6 @@ _ACTIVATION_OBSERVERS = {
     "moving_average": _qc.MovingAverageMinMaxObserver,
     "histogram": _qc.HistogramObserver,
 }
-# backends whose int8 kernels want activations in 7 bits (reduce_range), as torch's defaults do
-_REDUCE_RANGE_BACKENDS = ("x86", "fbgemm")
 
 
 class ObserverSpec(BaseModel):
@@ -115,11 +114,13 @@ class ObserverSpec(BaseModel):
         "per_channel", description="Weight observer: per-output-channel or per-tensor symmetric int8."
     )
     reduce_range: bool | None = Field(
-        None, description="7-bit activations (x86/fbgemm default: true; qnnpack/onednn: false)."
+        None,
+        description="7-bit activations. Default (null): x86/fbgemm use 7 bits only on a CPU without an int8 "
+        "dot-product ISA (VNNI/AMX), whose kernels saturate in int16; otherwise 8 bits (qnnpack/onednn: always 8).",
     )
 
     def qconfig(self, backend: str) -> Any:
-        reduce_range = self.reduce_range if self.reduce_range is not None else backend in _REDUCE_RANGE_BACKENDS
+        reduce_range = self.reduce_range if self.reduce_range is not None else default_reduce_range(backend)[0]
         activation = _ACTIVATION_OBSERVERS[self.activation].with_args(dtype=torch.quint8, reduce_range=reduce_range)
         weight = (
             _qc.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
@@ -213,14 +214,46 @@ class QConfigMappingSpec(BaseModel):
             raise ValueError(f"observers apply to the static preset, not {self.preset!r}")
         return self
 
+    def effective_reduce_range(self, backend: str) -> tuple[bool, str]:
+        """Whether static activations are observed in 7 bits, and why (spec or this CPU)."""
+        if self.observers is not None and self.observers.reduce_range is not None:
+            return self.observers.reduce_range, "set in the spec (observers.reduce_range)"
+        return default_reduce_range(backend)
+
     def build(self, backend: str) -> Any:
         if self.observers is not None:
             mapping = _fx._get_default_qconfig_mapping_with_default_qconfig(False, backend, self.observers.qconfig(backend))
+            if backend in ("x86", "fbgemm"):  # as torch's defaults: no per-channel weights for ConvTranspose there
+                transpose = _qc.QConfig(
+                    activation=self.observers.qconfig(backend).activation,
+                    weight=_qc.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+                )
+                for cls in (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d):
+                    mapping.set_object_type(cls, transpose)
+        elif self.preset == "static" and backend in ("x86", "fbgemm") and not default_reduce_range(backend)[0]:
+            mapping = _eight_bit_activations(MAPPING_PRESETS["static"](backend))
         else:
             mapping = MAPPING_PRESETS[self.preset](backend)
         for override in self.overrides:
             override.apply(mapping, backend)
         return mapping
+
+
+def _eight_bit_activations(mapping: Any) -> Any:
+    """``mapping`` with every activation observer that asks for ``reduce_range`` asking for 8 bits
+    instead (torch's x86/fbgemm defaults otherwise unchanged: ConvTranspose, LayerNorm, fixed qparams)."""
+
+    def widen(qconfig: Any) -> Any:
+        p = getattr(qconfig.activation, "p", None) if qconfig is not None else None
+        if p is None or not p.keywords.get("reduce_range"):
+            return qconfig
+        activation = p.func.with_args(**{**p.keywords, "reduce_range": False})
+        return _qc.QConfig(activation=activation, weight=qconfig.weight)
+
+    mapping.set_global(widen(mapping.global_qconfig))
+    for key, qconfig in list(mapping.object_type_qconfigs.items()):
+        mapping.set_object_type(key, widen(qconfig))
+    return mapping
 
 
 def _name(key: Any) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from quant.benchmark import BenchmarkReport
 from quant.coverage import CoverageReport
+from quant.tracing import SubmoduleCoverage
 from quant.evaluate import AccuracyReport
 from quant.fallback import FallbackResult
 from quant.gates import GateResult
@@ -114,9 +115,16 @@ def _shipping_section(variants: Sequence[VariantResult], machine: dict | None) -
     return lines
 
 
-def _coverage_section(coverage: CoverageReport | None) -> list[str]:
+def _coverage_section(coverage: CoverageReport | SubmoduleCoverage | None) -> list[str]:
     if coverage is None:
         return []
+    if isinstance(coverage, SubmoduleCoverage):
+        lines = ["", "## Quantized coverage (by submodules: the model does not FX-trace as a whole)", "",
+                 coverage.summary(), "", "| module | type | status | why | Linear/Conv params | quantized |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r.path or '<root>'} | {r.module_type} | {r.status} | {r.reason} | {r.linear_conv_params} | "
+                  f"{r.quantized_params} |" for r in coverage.rows]
+        return lines
     lines = ["", "## Quantized coverage", "", coverage.summary(), ""]
     if coverage.float:
         lines += ["| float layer | op | why | parameters |", "|---|---|---|---|"]

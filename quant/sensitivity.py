@@ -20,6 +20,7 @@ import torch
 from torch.fx import GraphModule
 
 from quant import _fx
+from quant.inputs import args_of
 from quant.plots import save_figure, subplots
 from quant.sources import Batch
 
@@ -73,7 +74,7 @@ def layer_sensitivity(
         ns.extend_logger_results_with_comparison(weights, "float", "int8", _fx.compute_sqnr, "sqnr")
         shadow = ns.add_shadow_loggers("float", copy.deepcopy(prepared), "int8", copy.deepcopy(quantized), ns.OutputLogger)
         for inputs, _ in batches[:max_batches]:
-            shadow(inputs)
+            shadow(*args_of(inputs))
         activations = ns.extract_shadow_logger_info(shadow, ns.OutputLogger, "int8")
         ns.extend_logger_results_with_comparison(activations, "float", "int8", _fx.compute_sqnr, "sqnr")
     if chatter.getvalue():

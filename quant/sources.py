@@ -1,56 +1,125 @@
 """Data sources: where calibration and evaluation batches come from.
 
-A batch is ``(inputs, targets)`` with ``targets`` ``None`` when the data has no labels.
+``DataSpec.source`` is one of
+
+- ``digits``: scikit-learn's bundled 8x8 digits (no download), the demo's data;
+- ``package.module:function``: called with ``kwargs``; returns an iterable of batches, or a dict
+  ``{"calibration": batches, "evaluation": batches}`` with its own split;
+- a ``.pt``/``.pth`` file (``torch.load(weights_only=True)``: no code runs), an ``.npz`` or an
+  ``.npy`` file: one collection of samples, shuffled with ``seed``, split and batched here.
+
+A batch is a tensor (inputs only), a tuple ``(inputs,)`` or ``(inputs, targets)`` whose inputs
+may themselves be a tuple of positional tensors or a dict, or a dict of tensors passed to
+``forward`` as keyword arguments (its ``target_key`` entry, when present, is the targets).
+Internally each batch becomes ``(inputs, targets)`` with inputs a tensor or a tuple of positional
+arguments in ``forward``'s order (``quant.inputs``); ``Dataset.input_names`` keeps the names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quant.errors import DataError
+from quant.inputs import args_of, batch_len, bind_to_forward, describe
 
 __all__ = ["Batch", "DataSpec", "Dataset", "digits_split", "load_data"]
 
 logger = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+Batch = tuple[Any, "torch.Tensor | None"]
+
+_FILE_SUFFIXES = (".pt", ".pth", ".npz", ".npy")
+_FORMS = "'digits', 'package.module:function', or a .pt/.pth/.npz/.npy file"
+
+
+def _check_source(value: str, field: str) -> str:
+    if value == "digits" or ":" in value.split("/")[-1] and not value.endswith(_FILE_SUFFIXES):
+        return value
+    if value.endswith(_FILE_SUFFIXES):
+        return value
+    raise ValueError(f"{field} {value!r} is not a data source; use {_FORMS}")
 
 
 class DataSpec(BaseModel):
-    """Where calibration and evaluation data come from."""
+    """Where calibration and evaluation data come from, and how they are split and batched."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: Literal["digits"] = Field(
-        "digits", description="Data set: 'digits' is scikit-learn's bundled 8x8 digits (no download)."
+    source: str = Field("digits", description=f"Calibration (and, without evaluation_source, evaluation) data: {_FORMS}.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of a module:function source.")
+    evaluation_source: str | None = Field(
+        None, description="Separate evaluation data (same forms); default: a test_fraction split of source."
     )
-    batch_size: int = Field(32, ge=1, description="Samples per batch.")
+    evaluation_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of evaluation_source.")
+    batch_size: int = Field(32, ge=1, description="Samples per batch (file sources and digits; function batches are kept).")
     test_fraction: float = Field(
-        0.25, gt=0.0, lt=1.0, description="Share held out for evaluation (the rest calibrates)."
+        0.25, gt=0.0, lt=1.0, description="Share held out for evaluation when one source gives both splits."
     )
-    seed: int = Field(0, description="Seed of the train/test split and the calibration order.")
+    seed: int = Field(0, description="Seed of the split, the sub-sampling and the calibration order.")
+    calibration_samples: int | None = Field(None, ge=1, description="Use at most this many calibration samples (seeded).")
+    evaluation_samples: int | None = Field(None, ge=1, description="Use at most this many evaluation samples (seeded).")
+    target_key: str = Field("labels", description="In dict batches and .npz files: the entry holding the targets.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        return _check_source(value, "data source")
+
+    @field_validator("evaluation_source")
+    @classmethod
+    def _evaluation_form(cls, value: str | None) -> str | None:
+        return None if value is None else _check_source(value, "evaluation_source")
 
 
 @dataclasses.dataclass
 class Dataset:
-    """Calibration batches (from the training split) and evaluation batches (held out)."""
+    """Calibration batches and held-out evaluation batches, with what they are and where from."""
 
     calibration: list[Batch]
     evaluation: list[Batch]
+    input_names: tuple[str, ...] | None = None  # forward's argument names, in the batches' positional order
+    source: str = "digits"
+    overlap: int = 0  # evaluation samples that also occur in the calibration data
 
     @property
-    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+    def example_inputs(self) -> tuple[Any, ...]:
         """Inputs of one evaluation batch, as the positional args of ``forward``."""
-        return (self.evaluation[0][0],)
+        return args_of(self.evaluation[0][0])
 
     @property
     def num_eval_samples(self) -> int:
-        return sum(int(x.shape[0]) for x, _ in self.evaluation)
+        return sum(batch_len(x) for x, _ in self.evaluation)
+
+    @property
+    def num_calibration_samples(self) -> int:
+        return sum(batch_len(x) for x, _ in self.calibration)
+
+    @property
+    def has_targets(self) -> bool:
+        return all(y is not None for _, y in self.evaluation)
+
+    def digest(self) -> str:
+        """sha256 of every tensor of both splits, in order: equal digests, equal data."""
+        h = hashlib.sha256()
+        for split in (self.calibration, self.evaluation):
+            for inputs, targets in split:
+                for x in (*args_of(inputs), targets):
+                    if isinstance(x, torch.Tensor):
+                        h.update(str((x.dtype, tuple(x.shape))).encode())
+                        h.update(x.detach().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> str:
+        return describe(self.example_inputs, self.input_names)
 
 
 def digits_split(
@@ -69,19 +138,261 @@ def digits_split(
     return x_train, y_train, x_test, y_test
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[Batch]:
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+# ------------------------------------------------------------------------------ collections
+@dataclasses.dataclass
+class _Samples:
+    """One collection of samples: inputs (a tensor, or a dict of tensors) and optional targets."""
+
+    inputs: Any
+    targets: torch.Tensor | None
+
+    def __len__(self) -> int:
+        first = next(iter(self.inputs.values())) if isinstance(self.inputs, dict) else self.inputs
+        return int(first.shape[0])
+
+    def take(self, index: torch.Tensor) -> _Samples:
+        inputs = {k: v[index] for k, v in self.inputs.items()} if isinstance(self.inputs, dict) else self.inputs[index]
+        return _Samples(inputs, None if self.targets is None else self.targets[index])
+
+    def batches(self, batch_size: int) -> list[Any]:
+        out = []
+        for i in range(0, len(self), batch_size):
+            part = self.take(torch.arange(i, min(i + batch_size, len(self))))
+            out.append((part.inputs, part.targets))
+        return out
 
 
-def load_data(spec: DataSpec) -> Dataset:
-    """Build calibration and evaluation batches for ``spec``."""
-    if spec.source != "digits":  # pragma: no cover - guarded by the Literal
-        raise DataError(f"unknown data source {spec.source!r}; allowed: 'digits'")
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise DataError(f"{what} is a {type(value).__name__}, not a tensor or array; fix: store tensors/arrays only")
+
+
+def _samples_from_mapping(data: Mapping[str, Any], target_key: str, where: str) -> _Samples:
+    arrays = {k: _as_tensor(v, f"{where}[{k!r}]") for k, v in data.items()}
+    targets = arrays.pop(target_key, None)
+    if not arrays:
+        raise DataError(f"{where} holds only {target_key!r}; fix: add the input arrays beside the targets")
+    lengths = {k: int(v.shape[0]) for k, v in arrays.items()}
+    if targets is not None:
+        lengths[target_key] = int(targets.shape[0])
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{where}: arrays have different sample counts {lengths}; fix: one row per sample in every array")
+    if len(arrays) == 1:  # one array: the single positional input, whatever its name
+        return _Samples(next(iter(arrays.values())), targets)
+    return _Samples(arrays, targets)
+
+
+def _read_file(path: str, target_key: str) -> _Samples | list[Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {path!r} does not exist; fix: give an existing .pt/.pth/.npz/.npy path")
+    if p.suffix == ".npy":
+        return _Samples(_as_tensor(np.load(p, allow_pickle=False), path), None)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            return _samples_from_mapping({k: npz[k] for k in npz.files}, target_key, path)
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled objects: name the file and the fix
+        raise DataError(
+            f"data file {path!r} could not be loaded with torch.load(weights_only=True) "
+            f"({str(exc).strip().splitlines()[0][:200]}); fix: save tensors, tuples or dicts of tensors only "
+            f"(torch.save({{'input_ids': ..., 'labels': ...}}, path)), never pickled objects"
+        ) from exc
+    if isinstance(data, torch.Tensor):
+        return _Samples(data, None)
+    if isinstance(data, dict):
+        return _samples_from_mapping(data, target_key, path)
+    if isinstance(data, tuple) and len(data) in (1, 2) and all(isinstance(x, torch.Tensor) for x in data):
+        return _Samples(data[0], data[1] if len(data) == 2 else None)
+    if isinstance(data, list):
+        return data  # already batched
+    raise DataError(
+        f"data file {path!r} holds a {type(data).__name__}; allowed: a tensor, a tuple (inputs, targets), "
+        f"a dict of tensors, or a list of batches"
+    )
+
+
+def _call_function(source: str, kwargs: Mapping[str, Any]) -> Any:
+    from quant.spec import resolve_dotted
+
+    try:
+        fn = resolve_dotted(source)
+    except Exception as exc:
+        raise DataError(f"data source {source!r} is not importable ({exc}); fix: give 'package.module:function' on the Python path") from exc
+    if not callable(fn):
+        raise DataError(f"data source {source!r} is a {type(fn).__name__}, not a function")
+    try:
+        return fn(**kwargs)
+    except TypeError as exc:
+        raise DataError(f"data source {source!r} rejected its kwargs {sorted(kwargs)}: {exc}") from exc
+
+
+def _normalize(raw: Any, target_key: str, where: str) -> Batch:
+    """One user batch as ``(inputs, targets)``: inputs a tensor, a tuple or a dict."""
+    if isinstance(raw, torch.Tensor):
+        return raw, None
+    if isinstance(raw, Mapping):
+        inputs = dict(raw)
+        targets = inputs.pop(target_key, None)
+        return inputs, targets
+    if isinstance(raw, (tuple, list)):
+        if len(raw) == 1:
+            return raw[0], None
+        if len(raw) == 2:
+            return raw[0], raw[1]
+        raise DataError(
+            f"{where} is a {type(raw).__name__} of {len(raw)} elements; allowed: a tensor, (inputs,), "
+            f"(inputs, targets) or a dict of tensors"
+        )
+    raise DataError(f"{where} is a {type(raw).__name__}; allowed: a tensor, (inputs,), (inputs, targets) or a dict of tensors")
+
+
+def _read(source: str, kwargs: Mapping[str, Any], target_key: str) -> _Samples | list[Any] | dict[str, Any]:
+    if source.endswith(_FILE_SUFFIXES):
+        return _read_file(source, target_key)
+    result = _call_function(source, kwargs)
+    if isinstance(result, Mapping) and set(result) == {"calibration", "evaluation"}:
+        return {k: list(v) for k, v in result.items()}
+    if isinstance(result, (torch.Tensor, Mapping)):
+        raise DataError(
+            f"data source {source!r} returned a {type(result).__name__}; a function returns an iterable of batches "
+            f"or {{'calibration': batches, 'evaluation': batches}}"
+        )
+    if not isinstance(result, Iterable):
+        raise DataError(f"data source {source!r} returned a {type(result).__name__}, not an iterable of batches")
+    return list(result)
+
+
+# ----------------------------------------------------------------------------- split, batch
+def _limit(batches: list[Batch], samples: int | None) -> list[Batch]:
+    if samples is None:
+        return batches
+    out, seen = [], 0
+    for inputs, targets in batches:
+        if seen >= samples:
+            break
+        n = min(batch_len(inputs), samples - seen)
+        if n < batch_len(inputs):
+            inputs = _head_any(inputs, n)
+            targets = None if targets is None else targets[:n]
+        out.append((inputs, targets))
+        seen += n
+    return out
+
+
+def _head_any(inputs: Any, n: int) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:n]
+    return tuple(x[:n] if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def _split(spec: DataSpec, data: _Samples | list[Any], where: str) -> tuple[list[Batch], list[Batch]]:
+    g = torch.Generator().manual_seed(spec.seed)
+    if isinstance(data, _Samples):
+        if len(data) < 2:
+            raise DataError(f"{where} has {len(data)} sample(s); calibration and evaluation need at least 2")
+        order = torch.randperm(len(data), generator=g)
+        n_eval = max(1, round(len(data) * spec.test_fraction))
+        return data.take(order[n_eval:]).batches(spec.batch_size), data.take(order[:n_eval]).batches(spec.batch_size)
+    batches = [_normalize(b, spec.target_key, f"{where} batch {i}") for i, b in enumerate(data)]
+    if len(batches) < 2:
+        raise DataError(
+            f"{where} gave {len(batches)} batch(es); one source needs at least 2 to split into calibration and "
+            f"evaluation (or set evaluation_source)"
+        )
+    order = torch.randperm(len(batches), generator=g).tolist()
+    n_eval = max(1, round(len(batches) * spec.test_fraction))
+    return [batches[i] for i in order[n_eval:]], [batches[i] for i in order[:n_eval]]
+
+
+def _all_batches(spec: DataSpec, data: _Samples | list[Any], where: str, shuffle: bool) -> list[Batch]:
+    if isinstance(data, _Samples):
+        if shuffle:
+            data = data.take(torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.seed)))
+        return data.batches(spec.batch_size)
+    return [_normalize(b, spec.target_key, f"{where} batch {i}") for i, b in enumerate(data)]
+
+
+def _bind(batches: list[Batch], model: torch.nn.Module | None, where: str) -> tuple[list[Batch], tuple[str, ...] | None]:
+    """Dict inputs → positional tuples in ``forward``'s order (one set of names for all batches)."""
+    out, names = [], None
+    for i, (inputs, targets) in enumerate(batches):
+        if isinstance(inputs, Mapping):
+            if model is None:
+                raise DataError(f"{where} has dict batches; binding them to forward's arguments needs the model")
+            inputs, batch_names = bind_to_forward(model, inputs)
+            if names is not None and batch_names != names:
+                raise DataError(f"{where} batch {i} has arguments {list(batch_names)}, batch 0 has {list(names)}; fix: same keys in every batch")
+            names = batch_names
+        elif isinstance(inputs, list):
+            inputs = tuple(inputs)
+        if targets is not None and not isinstance(targets, torch.Tensor):
+            targets = _as_tensor(targets, f"{where} batch {i} targets")
+        out.append((inputs, targets))
+    return out, names
+
+
+def _sample_hashes(batches: list[Batch]) -> set[bytes]:
+    hashes = set()
+    for inputs, _ in batches:
+        args = [x for x in args_of(inputs) if isinstance(x, torch.Tensor) and x.dim() > 0]
+        for i in range(batch_len(inputs)):
+            h = hashlib.blake2b(digest_size=16)
+            for x in args:
+                h.update(x[i].detach().contiguous().cpu().numpy().tobytes())
+            hashes.add(h.digest())
+    return hashes
+
+
+def _digits(spec: DataSpec) -> tuple[list[Batch], list[Batch]]:
     x_train, y_train, x_test, y_test = digits_split(spec.test_fraction, spec.seed)
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(spec.seed))
-    calibration = _batches(x_train[order], y_train[order], spec.batch_size)
-    evaluation = _batches(x_test, y_test, spec.batch_size)
+    train = _Samples(x_train[order], y_train[order])
+    return train.batches(spec.batch_size), _Samples(x_test, y_test).batches(spec.batch_size)
+
+
+def load_data(spec: DataSpec, model: torch.nn.Module | None = None) -> Dataset:
+    """Build calibration and evaluation batches for ``spec``; dict batches are bound to ``model.forward``."""
+    if spec.source == "digits" and spec.evaluation_source is None:
+        calibration, evaluation = _digits(spec)
+    else:
+        data = _digits(spec)[0] if spec.source == "digits" else _read(spec.source, spec.kwargs, spec.target_key)
+        if spec.evaluation_source is not None:
+            held = (_digits(spec)[1] if spec.evaluation_source == "digits"
+                    else _read(spec.evaluation_source, spec.evaluation_kwargs, spec.target_key))
+            if isinstance(data, dict) or isinstance(held, dict):
+                raise DataError("a source with its own {'calibration', 'evaluation'} split cannot be combined with evaluation_source")
+            calibration = _all_batches(spec, data, spec.source, shuffle=True)
+            evaluation = _all_batches(spec, held, spec.evaluation_source, shuffle=False)
+        elif isinstance(data, dict):
+            calibration = _all_batches(spec, data["calibration"], f"{spec.source} calibration", shuffle=False)
+            evaluation = _all_batches(spec, data["evaluation"], f"{spec.source} evaluation", shuffle=False)
+        else:
+            calibration, evaluation = _split(spec, data, spec.source)
+    calibration = _limit(calibration, spec.calibration_samples)
+    evaluation = _limit(evaluation, spec.evaluation_samples)
+    if not calibration or not evaluation:
+        raise DataError(f"data source {spec.source!r} gave {len(calibration)} calibration and {len(evaluation)} evaluation batches; both need at least one")
+    calibration, names = _bind(calibration, model, f"data source {spec.source!r}")
+    evaluation, eval_names = _bind(evaluation, model, f"data source {spec.evaluation_source or spec.source!r}")
+    if names != eval_names and names is not None and eval_names is not None:
+        raise DataError(f"calibration batches have arguments {list(names)}, evaluation batches {list(eval_names)}; fix: same keys in both")
+    overlap = len(_sample_hashes(calibration) & _sample_hashes(evaluation)) if spec.source != "digits" else 0
+    if overlap:
+        logger.warning(
+            "%d evaluation sample(s) also occur in the calibration data of %r: accuracy measured on them is optimistic; "
+            "fix: separate splits (evaluation_source, or a function returning {'calibration', 'evaluation'})",
+            overlap, spec.source,
+        )
+    dataset = Dataset(calibration, evaluation, input_names=names or eval_names, source=spec.source, overlap=overlap)
     logger.info(
-        "digits: %d calibration batches, %d evaluation samples", len(calibration), len(x_test)
+        "%s: %d calibration batches (%d samples), %d evaluation samples, inputs %s",
+        spec.source, len(calibration), dataset.num_calibration_samples, dataset.num_eval_samples, dataset.describe(),
     )
-    return Dataset(calibration=calibration, evaluation=evaluation)
+    return dataset

@@ -159,6 +159,12 @@ class QuantSpec(_Spec):
     calibration_batches: int = Field(
         8, ge=1, description="Number of calibration batches run through the observers (static)."
     )
+    tracing: Literal["auto", "whole", "submodules"] = Field(
+        "auto",
+        description="auto: FX-trace the whole model; when its forward does not trace, quantize its largest "
+        "traceable submodules each on its own (calibrated on the inputs they see inside the whole model) and "
+        "leave the glue float. whole: the whole model or an error. submodules: always by submodules.",
+    )
     qconfig_mapping: QConfigMappingSpec | None = Field(
         None,
         description="Prepare-time QConfigMapping: a preset and ordered overrides. Default: the "
@@ -336,6 +342,9 @@ class QuantSpec(_Spec):
                 params[f"spec.{key}"] = json.dumps(value, sort_keys=True)[:6000]
             else:
                 params[f"spec.{key}"] = str(value)
+        if self.mode == "static":
+            reduce_range, why = self.mapping_spec().effective_reduce_range(self.backend)
+            params["resolved.reduce_range"] = f"{reduce_range} ({why})"
         return params
 
 

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from quant.artifacts import to_torchscript
 from quant.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
 from quant.hardware import machine_info
+from quant.inputs import args_of, batch_len, head
 from quant.sources import Dataset
 from tasks._common import run_logger
 from tasks.report import artifact_key
@@ -39,15 +40,15 @@ def benchmark_model(
     Default batch sizes: the data's batch size (the headline numbers), then 1.
     """
     logger = run_logger()
-    inputs = dataset.example_inputs[0]
-    batch_sizes = list(batch_sizes or (int(inputs.shape[0]), 1))
-    float_script, _ = to_torchscript(float_model.eval(), (inputs[:1],))
+    inputs = dataset.evaluation[0][0]
+    batch_sizes = list(batch_sizes or (batch_len(inputs), 1))
+    float_script, _ = to_torchscript(float_model.eval(), args_of(head(inputs, 1)))
     info = machine_info()
     logger.info("benchmarking on %s (%s), engine %s", info["cpu_model"], info["isa_int8"], info["quantized_engine"])
     runs = [(b, t) for t in threads for b in batch_sizes]
     reports = []
     for i, (batch_size, n_threads) in enumerate(runs, start=1):
-        example = (inputs[:batch_size],)
+        example = args_of(head(inputs, batch_size))
         logger.info("benchmark %d/%d: batch %d, %d thread(s), %d calls each", i, len(runs), batch_size, n_threads, iterations)
         report = benchmark(
             float_model, shipped, example,

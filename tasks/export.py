@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from quant.artifacts import TorchScriptArtifact, export_torchscript
 from quant.convert import ReferenceModel, lower
+from quant.inputs import args_of, head
 from quant.sources import Dataset
 from quant.variants import VariantResult, select_variant
 from tasks._common import run_logger
@@ -21,8 +22,8 @@ _VERIFY_BATCHES = 4
 
 
 def _verify_inputs(dataset: Dataset) -> list[tuple[torch.Tensor, ...]]:
-    batches = [(inputs,) for inputs, _ in dataset.evaluation[:_VERIFY_BATCHES]]
-    return batches + [(batches[0][0][:1],)]  # batch 1 too: the serving shape
+    batches = [args_of(inputs) for inputs, _ in dataset.evaluation[:_VERIFY_BATCHES]]
+    return batches + [args_of(head(dataset.evaluation[0][0], 1))]  # batch 1 too: the serving shape
 
 
 @task(name="export_model", cache_policy=NO_CACHE)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
+from pathlib import Path
 
 import mlflow
 import torch
@@ -12,12 +15,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from quant.errors import SourceError
+from quant.model_source import ModelSource, build_from_factory, load_pickled_module, load_state_dict_file, load_weights
 from quant.prepare import check_inputs_fit
 from quant.sources import DataSpec, Dataset
 from quant.sources import load_data as build_data
 from tasks._common import io_retry_condition, run_logger
 
-__all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri"]
+__all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri", "source_identity"]
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
 def _not_found(exc: MlflowException) -> bool:
@@ -37,6 +41,7 @@ class SourceModel:
     name: str | None
     version: str | None
     run_id: str | None
+    identity: str = ""  # what the idempotency key is computed from (registry version, run, or file digests)
 
 
 def resolve_model_uri(uri: str) -> tuple[str | None, str | None, str | None]:
@@ -65,11 +70,46 @@ def resolve_model_uri(uri: str) -> tuple[str | None, str | None, str | None]:
     return name, str(mv.version), mv.run_id
 
 
-@task(name="load_model", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
-def load_model(model_uri: str) -> SourceModel:
-    """Load the float source model from an MLflow model URI."""
-    logger = run_logger()
-    name, version, run_id = resolve_model_uri(model_uri)
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder_digest(folder: str) -> str:
+    """Names and sizes of every file under ``folder`` (cheap; content changes change sizes or names)."""
+    root = Path(folder)
+    entries = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _identity(source: ModelSource, weights_path: str | None = None) -> tuple[str, str | None, str | None, str | None]:
+    """``(identity, registered name, version, run id)`` of a source as it is now."""
+    if source.uri is not None:
+        name, version, run_id = resolve_model_uri(source.uri)
+        return (f"models:/{name}/{version}" if name and version else f"runs:/{run_id}"), name, version, run_id
+    parts: dict[str, object] = source.describe()
+    if source.path is not None:
+        parts["sha256"] = _file_digest(source.path) if Path(source.path).is_file() else "missing"
+    if weights_path is not None:
+        parts["weights_sha256"] = _file_digest(weights_path)
+    elif source.weights and Path(source.weights).is_file():
+        parts["weights_sha256"] = _file_digest(source.weights)
+    if source.folder and Path(source.folder).is_dir():
+        parts["folder_digest"] = _folder_digest(source.folder)
+    return "source:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest(), None, None, None
+
+
+@task(name="source_identity", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+def source_identity(source: ModelSource) -> str:
+    """What the source is right now: ``models:/<name>/<version>``, ``runs:/<id>`` or a digest of the
+    factory, its kwargs and the weights/folder/pickle files (equal identities, same float model)."""
+    return _identity(source)[0]
+
+
+def _load_uri(model_uri: str) -> torch.nn.Module:
     try:
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except MlflowException as exc:
@@ -82,15 +122,45 @@ def load_model(model_uri: str) -> SourceModel:
             f"model URI {model_uri!r} holds a {type(model).__name__}, not an eager torch.nn.Module; "
             f"FX quantization needs the Python model (log it with serialization_format='pickle')"
         )
-    logger.info("loaded %s (%s, version %s)", model_uri, type(model).__name__, version)
-    return SourceModel(model=model.eval(), uri=model_uri, name=name, version=version, run_id=run_id)
+    return model
+
+
+@task(name="load_model", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+def load_model(source: str | ModelSource) -> SourceModel:
+    """Load the float source model: an MLflow model URI, a factory (+ weights), or a trusted pickle."""
+    logger = run_logger()
+    if isinstance(source, str):
+        source = ModelSource(uri=source)
+    if source.uri is not None:
+        identity, name, version, run_id = _identity(source)
+        model = _load_uri(source.uri)
+        logger.info("loaded %s (%s, version %s)", source.uri, type(model).__name__, version)
+        return SourceModel(model=model.eval(), uri=source.uri, name=name, version=version, run_id=run_id, identity=identity)
+    if source.path is not None:
+        model = load_pickled_module(_local(source.path), source.trust_pickle)
+        logger.warning("loaded %s by unpickling it (trust_pickle: true)", source.path)
+        return SourceModel(model=model.eval(), uri=source.path, name=None, version=None, run_id=None,
+                           identity=_identity(source)[0])
+    model = build_from_factory(source.factory or "", source.kwargs, source.folder)
+    weights_path = None
+    if source.weights:
+        weights_path = _local(source.weights)
+        load_weights(model, load_state_dict_file(weights_path), source.weights, strict=source.strict)
+    identity = _identity(source, weights_path)[0]
+    logger.info("built %s from %s%s", type(model).__name__, source.factory, f" with weights {source.weights}" if source.weights else "")
+    return SourceModel(model=model.eval(), uri=source.factory or "", name=None, version=None, run_id=None, identity=identity)
+
+
+def _local(uri: str) -> str:
+    """A local path for a file given as a path or an MLflow artifact URI."""
+    return fetch_file.fn(uri)
 
 
 @task(name="load_data", cache_policy=NO_CACHE)
 def load_data(data: DataSpec, model: torch.nn.Module) -> Dataset:
     """Build calibration and evaluation batches and check they fit the model."""
-    dataset = build_data(data)
-    check_inputs_fit(model, dataset.example_inputs)
+    dataset = build_data(data, model)
+    check_inputs_fit(model, dataset.example_inputs, dataset.input_names)
     run_logger().info(
         "data %s: %d calibration batches, %d evaluation samples",
         data.source, len(dataset.calibration), dataset.num_eval_samples,

@@ -17,10 +17,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from quant.artifacts import TorchScriptArtifact
+from quant.inputs import args_of, batch_len, head
 from tasks._common import io_retry_condition, run_logger
 
 __all__ = [
-    "compare_with_holder", "digest", "end_run", "experiment_id", "find_version_by_key", "log_conversion",
+    "compare_with_holder", "digest", "end_run", "experiment_id", "find_version_by_key", "log_conversion", "log_data_lineage",
     "log_pytorch_model", "promote", "register_model", "registry_lock", "resolve_source", "start_run", "tag_version",
 ]
 
@@ -43,19 +44,35 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
     return run.info.run_id
 
 
-def log_pytorch_model(model: torch.nn.Module, example: torch.Tensor, **kwargs: Any) -> str:
-    """Log ``model`` with the pytorch flavor (pickle format: ScriptModules save natively); return its URI."""
+def log_pytorch_model(
+    model: torch.nn.Module, example: Any, names: tuple[str, ...] | None = None, **kwargs: Any
+) -> str:
+    """Log ``model`` with the pytorch flavor (pickle format: ScriptModules save natively); return its URI.
+
+    ``example`` is the inputs of one batch (a tensor or a tuple of positional tensors). One tensor:
+    the signature and input example are that array. Several (``names`` from ``forward``): the
+    signature names each input tensor and the example is logged as ``input_example.json``
+    beside the model — MLflow's pytorch pyfunc serves one array only, so callers load the model
+    with ``mlflow.pytorch.load_model`` and call it with keyword (or positional) tensors.
+    """
+    args = args_of(example)
     with torch.no_grad():
-        output = model(example)
+        output = model(*args)
+    output_np = output.detach().numpy() if isinstance(output, torch.Tensor) else None
+    if len(args) == 1 and isinstance(args[0], torch.Tensor):
+        info = mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            signature=infer_signature(args[0].numpy(), output_np), input_example=args[0].numpy(),
+            pip_requirements=[TORCH_REQUIREMENT], **kwargs,
+        )
+        return info.model_uri
+    names = tuple(names or (f"input_{i}" for i in range(len(args))))
+    arrays = {n: a.detach().numpy() for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
     info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        serialization_format="pickle",
-        signature=infer_signature(example.numpy(), output.numpy()),
-        input_example=example.numpy(),
-        pip_requirements=[TORCH_REQUIREMENT],
-        **kwargs,
+        model, name="model", serialization_format="pickle", signature=infer_signature(arrays, output_np),
+        pip_requirements=[TORCH_REQUIREMENT], **kwargs,
     )
+    mlflow.log_dict({n: a.tolist() for n, a in arrays.items()}, "model/input_example.json")
     return info.model_uri
 
 
@@ -68,7 +85,8 @@ def log_conversion(
     documents: Mapping[str, str],
     json_documents: Mapping[str, Any],
     artifact: TorchScriptArtifact,
-    example: torch.Tensor,
+    example: Any,
+    input_names: tuple[str, ...] | None = None,
     tables: Mapping[str, Mapping[str, list]] | None = None,
     files: Mapping[str, str] | None = None,
 ) -> str:
@@ -88,9 +106,44 @@ def log_conversion(
                     mlflow.log_table(data=dict(columns), artifact_file=name)
         for local_path, artifact_dir in (files or {}).items():
             mlflow.log_artifact(local_path, artifact_dir)
-        model_uri = log_pytorch_model(artifact.module, example[:2])
+        model_uri = log_pytorch_model(artifact.module, head(example, 2), input_names)
     run_logger().info("logged quantized model %s", model_uri)
     return model_uri
+
+
+def _split_dataset(batches: list, names: tuple[str, ...] | None, source: str, context: str):  # noqa: ANN202
+    """The split as an MLflow dataset: arrays when the batches concatenate, else a digest-only record."""
+    import numpy as np
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    try:
+        columns = list(zip(*(args_of(x) for x, _ in batches)))
+        arrays = [np.concatenate([t.detach().numpy() for t in column]) for column in columns]
+        features = arrays[0] if len(arrays) == 1 else dict(zip(names or [f"input_{i}" for i in range(len(arrays))], arrays))
+        targets = np.concatenate([y.numpy() for _, y in batches]) if all(y is not None for _, y in batches) else None
+        return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{context}:{source}")
+    except Exception:  # ragged batches or a source MLflow cannot resolve: keep name, digest and sizes
+        h = hashlib.sha256()
+        for x, _ in batches:
+            for t in args_of(x):
+                h.update(t.detach().contiguous().numpy().tobytes())
+        return MetaDataset(HTTPDatasetSource("https://quantstage.invalid/" + source), name=f"{context}:{source}",
+                           digest=h.hexdigest()[:8])
+
+
+@task(name="log_data_lineage", **_IO)
+def log_data_lineage(run_id: str, dataset: Any, spec: Any) -> None:
+    """Record with ``mlflow.log_input`` which data calibrated and evaluated the model: source,
+    digest, sample and batch counts, input shapes, overlap between the splits."""
+    with mlflow.start_run(run_id=run_id):
+        for context, batches in (("calibration", dataset.calibration), ("evaluation", dataset.evaluation)):
+            source = spec.evaluation_source if context == "evaluation" and spec.evaluation_source else spec.source
+            mlflow.log_input(_split_dataset(batches, dataset.input_names, source, context), context=context, tags={
+                "source": source, "samples": str(sum(batch_len(x) for x, _ in batches)), "batches": str(len(batches)),
+                "inputs": dataset.describe(), "seed": str(spec.seed),
+            })
+        mlflow.set_tags({"data.digest": dataset.digest(), "data.overlap_samples": str(dataset.overlap)})
 
 
 @task(name="register_model", **_IO)

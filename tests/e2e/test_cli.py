@@ -50,7 +50,7 @@ def test_console_script_rejects_unknown_backend_without_traceback() -> None:
         (["convert", "models:/m@a", "--calibration-batches", "0"], r"spec\.calibration_batches: .*greater than or equal to 1"),
         (["convert", "models:/m@a", "--skip-object-type", "torch.nn.Lineer"], r"cannot resolve 'torch\.nn\.Lineer'"),
         (["convert", "--config", "/nonexistent/params.yaml"], r"config file '/nonexistent/params.yaml' does not exist"),
-        (["convert"], r"no model URI given; pass MODEL_URI"),
+        (["convert"], r"no model given; pass MODEL_URI"),
         (["convert", "models:/m@a", "--spec", "/nonexistent/spec.yaml"], r"spec file '/nonexistent/spec.yaml' does not exist"),
         (["convert", "models:/m@a", "--spec", str(REPO_ROOT / "deploy/specs/float16.yaml"), "--backend", "arm"], r"spec\.backend: .*'arm'"),
     ],

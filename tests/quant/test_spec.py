@@ -318,8 +318,8 @@ def test_digests_all_distinct() -> None:
 def test_as_params() -> None:
     spec = QuantSpec(skip_modules=("head", "features.0"), skip_object_types=("operator.add",))
     params = spec.as_params()
-    assert set(params) == {f"spec.{name}" for name in QuantSpec.model_fields}
-    assert all(key.startswith("spec.") for key in params)
+    assert set(params) == {f"spec.{name}" for name in QuantSpec.model_fields} | {"resolved.reduce_range"}
+    assert all(key.startswith(("spec.", "resolved.")) for key in params)
     assert all(isinstance(value, str) for value in params.values())
     assert params["spec.backend"] == "x86"
     assert params["spec.calibration_batches"] == "8"
@@ -327,3 +327,27 @@ def test_as_params() -> None:
     assert params["spec.skip_object_types"] == "operator.add"
     assert params["spec.remove_qconfig"] == "True"
     assert QuantSpec().as_params()["spec.skip_modules"] == ""
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni", None])
+def test_reduce_range_default_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, isa: str | None) -> None:
+    """x86/fbgemm observe 8-bit activations on a CPU with VNNI/AMX, 7-bit without; torch's other
+    defaults (per-tensor ConvTranspose weights, fixed-qparams ops) are kept either way."""
+    import torch
+
+    import quant.hardware
+
+    monkeypatch.setattr(quant.hardware, "has_int8_dot_product", lambda: isa)
+    for backend in ("x86", "fbgemm"):
+        spec = QuantSpec(backend=backend)
+        mapping = spec.qconfig_mapping_object()
+        assert mapping.global_qconfig.activation.p.keywords["reduce_range"] is (isa is None)
+        transpose = mapping.object_type_qconfigs[torch.nn.ConvTranspose2d]
+        assert transpose.weight.p.keywords["qscheme"] == torch.per_tensor_symmetric
+        assert transpose.activation.p.keywords["reduce_range"] is (isa is None)
+        assert spec.as_params()["resolved.reduce_range"].startswith(str(isa is None))
+    explicit = QuantSpec(backend="x86", qconfig_mapping={"preset": "static", "observers": {"reduce_range": True}})
+    assert explicit.qconfig_mapping_object().global_qconfig.activation.p.keywords["reduce_range"] is True
+    assert "set in the spec" in explicit.as_params()["resolved.reduce_range"]
+    qnnpack = QuantSpec(backend="qnnpack").qconfig_mapping_object().global_qconfig  # torch's own default, untouched
+    assert qnnpack.activation.p.keywords.get("reduce_range") is False

@@ -1,0 +1,99 @@
+"""Real model and data sources end to end: a factory + safetensors/state_dict weights, dict-input
+data from a function, an encoder whose forward does not FX-trace (quantized by submodules), the
+CLI with the same sources, and the data lineage MLflow records."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+
+from flows.cli import main
+from flows.convert import ConvertParams, convert_flow
+from quant.evaluate import sqnr_db
+from tests.encoder import build_encoder, encoder_batches
+
+pytestmark = pytest.mark.flow
+
+DATA = {"source": "tests.encoder:encoder_batches", "kwargs": {"num_batches": 8, "batch_size": 4}}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trained weights: the encoder built with seed 7, saved as a plain state_dict."""
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
+    torch.save(build_encoder(seed=7).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def converted(mlflow_store: str, prefect_harness: None, weights: str):
+    params = ConvertParams.model_validate({
+        "model": {"factory": "tests.encoder:build_encoder", "weights": weights},  # built with seed 0, weights of seed 7
+        "data": DATA,
+        "spec": {"mode": "dynamic"},
+        "evaluation": {"task": "embedding"},
+        "gates": {"max_accuracy_drop": None, "min_output_sqnr_db": 30.0, "min_quantized_fraction": 0.95},
+        "registered_name": "encoder-int8",
+        "benchmark_iterations": 10,
+    })
+    return convert_flow(params)
+
+
+def test_untraceable_encoder_is_quantized_by_submodules(converted) -> None:
+    assert converted.promoted, converted.gates
+    assert converted.metrics["quantized_fraction"] >= 0.95
+    assert converted.metrics["output_sqnr_db"] >= 30.0
+    run = mlflow.get_run(converted.run_id)
+    assert run.data.params["resolved.tracing"].startswith("submodules (")
+    assert "item assignment" in run.data.params["resolved.tracing"]
+    assert run.data.params["data.inputs"] == "input_ids=(4, 16), attention_mask=(4, 16)"
+    report = mlflow.artifacts.load_text(f"runs:/{converted.run_id}/report.md")
+    assert "by submodules" in report and "left float" in report
+
+
+def test_registered_encoder_loads_and_takes_keyword_tensors(converted) -> None:
+    """What the registry serves is the quantized whole model as TorchScript, called like the float
+    model (keyword or positional tensors), close to the float model with the same weights."""
+    loaded = mlflow.pytorch.load_model("models:/encoder-int8@champion")
+    assert isinstance(loaded, torch.jit.ScriptModule)
+    reference = build_encoder(seed=7).eval()
+    batch = encoder_batches(num_batches=1, batch_size=4, seed=99)[0]
+    with torch.no_grad():
+        by_name = loaded(**batch)
+        assert torch.equal(by_name, loaded(batch["input_ids"], batch["attention_mask"]))
+        assert sqnr_db(reference(**batch), by_name) >= 30.0
+    example = mlflow.artifacts.load_dict(f"runs:/{converted.run_id}/model/input_example.json")
+    assert set(example) == {"input_ids", "attention_mask"}
+    info = mlflow.models.get_model_info(converted.model_uri)
+    assert [spec.name for spec in info.signature.inputs.inputs] == ["input_ids", "attention_mask"]
+
+
+def test_data_lineage_is_logged(converted) -> None:
+    run = mlflow.get_run(converted.run_id)
+    contexts = {}
+    for item in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        contexts[tags["mlflow.data.context"]] = tags
+    assert set(contexts) == {"calibration", "evaluation"}
+    assert contexts["calibration"]["source"] == "tests.encoder:encoder_batches"
+    assert int(contexts["calibration"]["samples"]) + int(contexts["evaluation"]["samples"]) == 32
+    assert len(run.data.tags["data.digest"]) == 64
+    assert run.data.tags["data.overlap_samples"] == "0"
+
+
+def test_cli_with_factory_and_dict_data(capsys: pytest.CaptureFixture[str], converted, weights: str, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = tmp_path / "encoder.safetensors"
+    save_file(build_encoder(seed=7).state_dict(), str(tensors))
+    code = main([
+        "convert", "--model-factory", "tests.encoder:build_encoder", "--weights", str(tensors),
+        "--data", DATA["source"], "--data-kwarg", "num_batches=8", "--data-kwarg", "batch_size=4",
+        "--mode", "dynamic", "--task", "embedding", "--min-quantized-fraction", "0.95",
+        "--registered-name", "encoder-cli-int8",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    version = mlflow.MlflowClient().get_model_version_by_alias("encoder-cli-int8", "champion")
+    assert version.tags["source_uri"] == "build_encoder"
