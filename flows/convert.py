@@ -15,7 +15,7 @@ from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quant.benchmark import benchmark_table
-from quant.errors import QuantStageError
+from quant.errors import ArtifactError, QuantStageError
 from quant.evaluate import EvaluationSpec
 from quant.fallback import FallbackConfig, FallbackResult
 from quant.gates import GateResult, GatesConfig, check_gates
@@ -27,7 +27,7 @@ from quant.spec import QuantSpec
 from tasks.benchmark import benchmark_model
 from tasks.calibrate import calibrate, load_qat
 from tasks.coverage import measure_coverage
-from tasks.export import export_model, export_reference
+from tasks.export import export_model, export_rebuild, export_reference
 from tasks.fallback import fallback_search
 from tasks.events import PROMOTED, emit_model_event
 from tasks.load import fetch_file, load_data, load_model, source_identity
@@ -300,10 +300,15 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     prepared, reference, quantized = _quantize(source.model, dataset, spec)
                     accuracy = validate_accuracy(source.model, quantized, dataset, params.evaluation)
                     coverage = measure_coverage(source.model, reference, quantized)
-            artifact, variants = export_model(quantized, dataset, work_dir, params.ship_tolerance)
+            bundle = None
+            try:
+                artifact, variants = export_model(quantized, dataset, work_dir, params.ship_tolerance)
+            except ArtifactError as exc:  # no TorchScript form reproduces it: ship what rebuilds it
+                bundle = export_rebuild(quantized, dataset, work_dir, spec, params.source, tracing, str(exc))
+                artifact, variants = None, []
             reference_artifact = export_reference(reference, dataset, work_dir) if reference is not None else None
             benchmarks, machine, latency_png = benchmark_model(
-                source.model, artifact.module, dataset,
+                source.model, artifact.module if artifact else quantized, dataset,
                 batch_sizes=params.benchmark_batch_sizes,
                 threads=params.benchmark_threads,
                 iterations=params.benchmark_iterations,
@@ -332,6 +337,11 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 source_uri=source_uri, spec=spec, accuracy=accuracy, benchmarks=benchmarks,
                 gates=gates, registered=params.target_name, promoted_alias=promoted_alias,
                 sensitivity=layers, fallback=fallback, coverage=coverage, variants=variants, machine=machine,
+                shipped_as=None if bundle is None else (
+                    "No TorchScript form (script, trace, frozen) reproduces this model, so it ships as the factory "
+                    f"`{params.source.factory}`, the spec and the quantized state_dict (`model/artifacts/rebuild/`, "
+                    "verified bit-exact by rebuilding). Load it with `mlflow.pyfunc.load_model(uri)` or "
+                    "`quant.rebuild.rebuild(folder)`; the factory must be importable there."),
             )
             files = {latency_png: "benchmark"}
             if reference_artifact is not None:
@@ -360,7 +370,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "source_version": source.version or "",
                     "data.source": params.data.source,
                     "data.batch_size": str(params.data.batch_size),
-                    "export.method": artifact.method,
+                    "export.method": artifact.method if artifact else "rebuild_bundle",
                     **{f"machine.{k}": str(v) for k, v in machine.items()},
                     "fallback.enabled": str(params.fallback.enabled),
                 },
@@ -374,6 +384,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                     "sensitivity/sensitivity.json": sensitivity_table(layers),
                 },
                 artifact=artifact,
+                bundle=bundle,
                 example=dataset.example_inputs,
                 input_names=dataset.input_names,
                 files=files,

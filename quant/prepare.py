@@ -110,6 +110,20 @@ def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ..
     return config
 
 
+_POOLS = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d)
+
+
+def _global_pools(model: torch.nn.Module, spec: QuantSpec) -> list[str]:
+    """Global average pooling modules that ``float_global_pool`` keeps float (static/qat modes,
+    no explicit convert-time mapping, not skipped already by the spec's own mapping)."""
+    if not spec.float_global_pool or spec.mode not in ("static", "qat") or spec.convert_qconfig_mapping is not None:
+        return []
+    return [
+        name for name, m in model.named_modules()
+        if isinstance(m, _POOLS) and all(s == 1 for s in torch.nn.modules.utils._ntuple(3)(m.output_size) if s is not None)
+    ]
+
+
 def prepare(
     model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: QuantSpec
 ) -> GraphModule:
@@ -119,6 +133,13 @@ def prepare(
     """
     qat = spec.mode == "qat"
     float_model = copy.deepcopy(model).train(qat)
+    mapping = spec.qconfig_mapping_object()
+    pools = _global_pools(model, spec)
+    for name in pools:
+        mapping.set_module_name(name, None)
+    if pools:
+        mapping.set_object_type(torch.flatten, None)
+        logger.info("global average pooling %s and flatten run in float (float_global_pool)", pools)
     torch.backends.quantized.engine = spec.backend
     prepare_fn = _fx.prepare_qat_fx if qat else _fx.prepare_fx
     try:
@@ -126,7 +147,7 @@ def prepare(
         with _fx.fx_quiet():
             return prepare_fn(
                 float_model,
-                spec.qconfig_mapping_object(),
+                mapping,
                 example_inputs,
                 prepare_custom_config=custom,
                 backend_config=spec.backend_config_object(),

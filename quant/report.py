@@ -45,6 +45,7 @@ def render_report(
     coverage: CoverageReport | None = None,
     variants: Sequence[VariantResult] = (),
     machine: dict | None = None,
+    shipped_as: str | None = None,
 ) -> str:
     """Markdown report of one conversion."""
     if not benchmarks:
@@ -96,6 +97,8 @@ def render_report(
             f"{'yes' if b.stable else f'NO (CV {max(f.cv, q.cv):.2f})'} |"
         )
     lines += _shipping_section(variants, machine)
+    if shipped_as:
+        lines += ["", "## Shipped as a rebuild bundle", "", shipped_as]
     lines += _coverage_section(coverage) + _sensitivity_section(sensitivity) + _fallback_section(fallback)
     return "\n".join(lines) + "\n"
 

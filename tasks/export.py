@@ -11,12 +11,16 @@ from prefect.cache_policies import NO_CACHE
 
 from quant.artifacts import TorchScriptArtifact, export_torchscript
 from quant.convert import ReferenceModel, lower
+from quant.errors import ArtifactError
 from quant.inputs import args_of, head
+from quant.model_source import ModelSource
+from quant.rebuild import save_bundle
 from quant.sources import Dataset
+from quant.spec import QuantSpec
 from quant.variants import VariantResult, select_variant
 from tasks._common import run_logger
 
-__all__ = ["export_model", "export_reference"]
+__all__ = ["export_model", "export_rebuild", "export_reference"]
 
 _VERIFY_BATCHES = 4
 
@@ -45,6 +49,25 @@ def export_model(
     )
     logger.info("shipping %s, verified on %d batches: %s, %d bytes", name, len(verify), artifact.path, artifact.size_bytes)
     return artifact, variants
+
+
+@task(name="export_rebuild", cache_policy=NO_CACHE)
+def export_rebuild(
+    quantized: torch.nn.Module, dataset: Dataset, out_dir: str, spec: QuantSpec, source: ModelSource, tracing: str, why: str
+) -> str:
+    """When no TorchScript form reproduces the model: the factory + spec + quantized state_dict
+    that rebuild it (quant/rebuild.py), verified bit-exact by rebuilding; return the bundle folder."""
+    if source.factory is None:
+        raise ArtifactError(
+            f"{why}; a model that TorchScript cannot reproduce ships as a rebuild bundle, which needs a factory "
+            f"source: give model: {{factory: 'package.module:callable', weights: ...}} instead of {source.label!r}"
+        )
+    bundle = save_bundle(
+        quantized, Path(out_dir) / "rebuild", factory=source.factory, kwargs=dict(source.kwargs), folder=source.folder,
+        spec=spec, tracing=tracing, verify_inputs=_verify_inputs(dataset), input_names=dataset.input_names,
+    )
+    run_logger().warning("no TorchScript form reproduces the model (%s); shipping rebuild bundle %s", why[:300], bundle)
+    return str(bundle)
 
 
 @task(name="export_reference", cache_policy=NO_CACHE)

@@ -84,8 +84,9 @@ def log_conversion(
     metrics: Mapping[str, float],
     documents: Mapping[str, str],
     json_documents: Mapping[str, Any],
-    artifact: TorchScriptArtifact,
+    artifact: TorchScriptArtifact | None,
     example: Any,
+    bundle: str | None = None,
     input_names: tuple[str, ...] | None = None,
     tables: Mapping[str, Mapping[str, list]] | None = None,
     files: Mapping[str, str] | None = None,
@@ -106,9 +107,32 @@ def log_conversion(
                     mlflow.log_table(data=dict(columns), artifact_file=name)
         for local_path, artifact_dir in (files or {}).items():
             mlflow.log_artifact(local_path, artifact_dir)
-        model_uri = log_pytorch_model(artifact.module, head(example, 2), input_names)
+        if artifact is not None:
+            model_uri = log_pytorch_model(artifact.module, head(example, 2), input_names)
+        else:
+            model_uri = log_rebuild_model(bundle, head(example, 2), input_names)
     run_logger().info("logged quantized model %s", model_uri)
     return model_uri
+
+
+def log_rebuild_model(bundle: str, example: Any, names: tuple[str, ...] | None) -> str:
+    """Log a rebuild bundle as a pyfunc model (the bundle travels as its artifact); return its URI."""
+    from quant.rebuild import rebuild
+    from tasks.rebuild_model import RebuildModel
+
+    args = args_of(example)
+    with torch.no_grad():
+        output = rebuild(bundle)(*args).numpy()
+    names = tuple(names or (f"input_{i}" for i in range(len(args))))
+    features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
+    with warnings.catch_warnings():  # the wrapper takes an array or a dict: no type hints to validate against
+        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=RebuildModel(), artifacts={"bundle": bundle},
+            signature=infer_signature(features, output), input_example=features,
+            pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
+        )
+    return info.model_uri
 
 
 def _split_dataset(batches: list, names: tuple[str, ...] | None, source: str, context: str):  # noqa: ANN202
@@ -122,7 +146,9 @@ def _split_dataset(batches: list, names: tuple[str, ...] | None, source: str, co
         arrays = [np.concatenate([t.detach().numpy() for t in column]) for column in columns]
         features = arrays[0] if len(arrays) == 1 else dict(zip(names or [f"input_{i}" for i in range(len(arrays))], arrays))
         targets = np.concatenate([y.numpy() for _, y in batches]) if all(y is not None for _, y in batches) else None
-        return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{context}:{source}")
+        with warnings.catch_warnings():  # a file path resolves to two equivalent local sources
+            warnings.filterwarnings("ignore", message=r"The specified dataset source can be interpreted in multiple ways")
+            return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{context}:{source}")
     except Exception:  # ragged batches or a source MLflow cannot resolve: keep name, digest and sizes
         h = hashlib.sha256()
         for x, _ in batches:

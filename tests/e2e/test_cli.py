@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import mlflow
 import pytest
 import torch
 
@@ -91,11 +92,17 @@ def test_data_that_does_not_fit(mlflow_store: str, prefect_harness: None, capsys
 
 @pytest.mark.flow
 def test_untraceable_model_names_module(mlflow_store: str, prefect_harness: None, capsys) -> None:
+    """``--tracing whole`` names the module that does not trace; the default (auto) quantizes the
+    parts that do and says so."""
     uri = register(GatedNet(), "gated-net", torch.rand(2, 1, 8, 8))
-    code, line = _run(capsys, "convert", uri)
+    code, line = _run(capsys, "convert", uri, "--tracing", "whole")
     assert code == EXIT_BAD_INPUT
     assert "torch.fx cannot symbolically trace GatedNet (failed in module 'block'" in line
     assert "fix:" in line
+    code, out, _ = _run_out(capsys, "convert", uri, "--max-accuracy-drop", "1")
+    assert code == 0, out[-1500:]
+    run_id = mlflow.MlflowClient().get_model_version_by_alias("gated-net-int8", "champion").run_id
+    assert mlflow.get_run(run_id).data.params["resolved.tracing"].startswith("submodules (torch.fx cannot symbolically trace")
 
 
 @pytest.mark.flow

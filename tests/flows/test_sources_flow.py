@@ -97,3 +97,52 @@ def test_cli_with_factory_and_dict_data(capsys: pytest.CaptureFixture[str], conv
     assert code == 0, out[-2000:]
     version = mlflow.MlflowClient().get_model_version_by_alias("encoder-cli-int8", "champion")
     assert version.tags["source_uri"] == "build_encoder"
+
+
+class Unscriptable(torch.nn.Module):
+    """Depth chosen from the data: FX cannot trace it, TorchScript cannot script the ModuleList
+    index, and a trace bakes one depth in (so it does not reproduce other inputs)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, width))
+            for _ in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        depth = 1 + int(x[:, 0].gt(0).sum()) % 3
+        for i in range(depth):
+            x = self.blocks[i](x)
+        return x
+
+
+def build_unscriptable(width: int = 16) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return Unscriptable(width)
+
+
+def test_model_torchscript_cannot_reproduce_ships_as_rebuild_bundle(mlflow_store: str, prefect_harness: None, tmp_path) -> None:
+    """Neither script nor trace reproduces it: the flow logs factory + spec + quantized state_dict,
+    verified by rebuilding, registers it as a pyfunc model, and says so in the report."""
+    g = torch.Generator().manual_seed(0)
+    torch.save(torch.randn(96, 16, generator=g), tmp_path / "x.pt")
+    result = convert_flow(ConvertParams.model_validate({
+        "model": {"factory": "tests.flows.test_sources_flow:build_unscriptable", "kwargs": {"width": 16}},
+        "data": {"source": str(tmp_path / "x.pt"), "batch_size": 8},
+        "spec": {"mode": "dynamic"},
+        "evaluation": {"task": "regression"},
+        "gates": {"min_output_sqnr_db": 25.0},
+        "registered_name": "unscriptable-int8",
+        "benchmark_iterations": 10,
+        "sensitivity": False,
+    }))
+    assert result.promoted, result.gates
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["export.method"] == "rebuild_bundle"
+    report = mlflow.artifacts.load_text(f"runs:/{result.run_id}/report.md")
+    assert "Shipped as a rebuild bundle" in report and "build_unscriptable" in report
+    served = mlflow.pyfunc.load_model("models:/unscriptable-int8@champion")
+    x = torch.randn(8, 16, generator=g)
+    with torch.no_grad():
+        assert sqnr_db(build_unscriptable()(x), torch.from_numpy(served.predict(x.numpy()))) >= 25.0
