@@ -10,8 +10,12 @@
 #   QUANTSTAGE_STACK_DIR   state: pid files, logs, Prefect DB, MLflow DB + artifacts
 #                          (default ~/.local/state/quantstage-stack)
 #   PREFECT_PORT (4200), MLFLOW_PORT (5000), STACK_HOST (127.0.0.1)
-#   MLFLOW_BACKEND_STORE_URI  e.g. postgresql://user:pass@db:5432/mlflow (default: SQLite in the state dir)
+#   MLFLOW_BACKEND_STORE_URI  e.g. postgresql+psycopg2://user:pass@db:5432/mlflow (default: SQLite in the state dir)
 #   MLFLOW_ARTIFACTS_DESTINATION  (default: <state dir>/mlartifacts)
+#   PREFECT_API_DATABASE_CONNECTION_URL (or PREFECT_SERVER_DATABASE_CONNECTION_URL)
+#                          e.g. postgresql+asyncpg://user:pass@db:5432/prefect; inherited by the
+#                          Prefect server (default: SQLite under <state dir>/prefect)
+#   deploy/postgres.sh starts a loopback PostgreSQL and prints both URLs (deploy/README.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,22 +46,31 @@ wait_http() {  # url, what, seconds
   local deadline=$((SECONDS + $3))
   until curl -fsS -o /dev/null "$1" 2>/dev/null; do
     if (( SECONDS > deadline )); then echo "stack: $2 did not answer at $1 (log: $STATE/$2.log)" >&2; return 1; fi
+    if [[ -f "$STATE/$2.pid" ]] && ! kill -0 "$(cat "$STATE/$2.pid")" 2>/dev/null; then
+      echo "stack: $2 exited before answering at $1; last lines of $STATE/$2.log:" >&2; tail -n 20 "$STATE/$2.log" >&2; return 1
+    fi
     sleep 1
   done
 }
 
-stop() {
-  local name pid
+stop() {  # signal all three at once (the worker stops on SIGINT), wait up to 10 s in all, then kill
+  local name pid signal alive=() deadline
   for name in worker mlflow prefect; do
     [[ -f "$STATE/$name.pid" ]] || continue
     pid=$(cat "$STATE/$name.pid")
     if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      echo "stopped $name (pid $pid)"
+      signal=TERM; [[ $name == worker ]] && signal=INT
+      kill -"$signal" -- "-$pid" 2>/dev/null || kill -"$signal" "$pid" 2>/dev/null || true
+      alive+=("$name:$pid")
     fi
     rm -f "$STATE/$name.pid"
+  done
+  deadline=$((SECONDS + 10))
+  for entry in "${alive[@]}"; do
+    pid=${entry#*:}
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "stopped ${entry%%:*} (pid $pid)"
   done
 }
 
@@ -79,6 +92,11 @@ start() {
       echo "stack: $name already running (pid $(cat "$STATE/$name.pid")); '$0 stop' first" >&2; exit 1
     fi
   done
+  # the URLs may hold passwords: name the variable rather than print it
+  local mlflow_db="$BACKEND" prefect_db="SQLite in $PREFECT_HOME"  # the Prefect server inherits its URL
+  if [[ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]]; then mlflow_db='$MLFLOW_BACKEND_STORE_URI'; fi
+  if [[ -n "${PREFECT_API_DATABASE_CONNECTION_URL:-}" ]]; then prefect_db='$PREFECT_API_DATABASE_CONNECTION_URL'; fi
+  if [[ -n "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]]; then prefect_db='$PREFECT_SERVER_DATABASE_CONNECTION_URL'; fi
   trap 'echo "stack: start failed, stopping what started" >&2; stop' ERR
   start_bg prefect "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
   start_bg mlflow "$BIN/mlflow" server --host "$HOST" --port "$MLFLOW_PORT" \
@@ -93,9 +111,11 @@ start() {
   cat <<MSG
 quantstage stack is up (state and logs in $STATE):
   Prefect UI      $PREFECT_UI_URL        (PREFECT_API_URL=$PREFECT_API_URL)
-  MLflow UI       $MLFLOW_TRACKING_URI   (backend store: ${MLFLOW_BACKEND_STORE_URI:+\$MLFLOW_BACKEND_STORE_URI}${MLFLOW_BACKEND_STORE_URI:-$BACKEND})
+  Prefect DB      $prefect_db
+  MLflow UI       $MLFLOW_TRACKING_URI   (backend store: $mlflow_db)
   worker          pool $POOL
   deployments     convert/manual convert/nightly (schedule off) convert/after-training convert/on-registered
+                  sweep/weekly-candidates (schedule off)
 Use it from a shell:
   export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI
   $BIN/python -c 'from flows.train_demo import train_demo; train_demo()'      # triggers after-training + on-registered

@@ -308,7 +308,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
                 artifact, variants = None, []
             reference_artifact = export_reference(reference, dataset, work_dir) if reference is not None else None
             benchmarks, machine, latency_png = benchmark_model(
-                source.model, artifact.module if artifact else quantized, dataset,
+                source.model, str(artifact.path) if artifact else quantized, dataset,
                 batch_sizes=params.benchmark_batch_sizes,
                 threads=params.benchmark_threads,
                 iterations=params.benchmark_iterations,

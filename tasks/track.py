@@ -125,13 +125,11 @@ def log_rebuild_model(bundle: str, example: Any, names: tuple[str, ...] | None) 
         output = rebuild(bundle)(*args).numpy()
     names = tuple(names or (f"input_{i}" for i in range(len(args))))
     features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
-    with warnings.catch_warnings():  # the wrapper takes an array or a dict: no type hints to validate against
-        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=RebuildModel(), artifacts={"bundle": bundle},
-            signature=infer_signature(features, output), input_example=features,
-            pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
-        )
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=RebuildModel(), artifacts={"bundle": bundle},
+        signature=infer_signature(features, output), input_example=features,
+        pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
+    )
     return info.model_uri
 
 

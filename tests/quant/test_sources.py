@@ -172,3 +172,31 @@ def test_bad_source_forms() -> None:
         DataSpec(source="data.csv")
     with pytest.raises(DataError, match=r"data source 'tests.nope:fn' is not importable"):
         load_data(DataSpec(source="tests.nope:fn"))
+
+
+def from_folder(folder: str, dropout: float = 0.0) -> nn.Module:
+    """A Hugging Face-style factory: config.json + model.safetensors in one folder."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    model = nn.Sequential(nn.Linear(config["in"], config["hidden"]), nn.Dropout(dropout), nn.Linear(config["hidden"], 2))
+    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return model
+
+
+def test_factory_reads_a_checkpoint_folder(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    trained = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.0), nn.Linear(8, 2))
+    (tmp_path / "config.json").write_text(json.dumps({"in": 4, "hidden": 8}))
+    save_file(trained.state_dict(), str(tmp_path / "model.safetensors"))
+    source = ModelSource(factory="tests.quant.test_sources:from_folder", folder=str(tmp_path), kwargs={"dropout": 0.1})
+    model = build_from_factory(source.factory, source.kwargs, source.folder)
+    x = torch.randn(3, 4)
+    assert torch.equal(model.eval()(x), trained.eval()(x))
+    assert source.label == "from_folder"
