@@ -57,17 +57,25 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
             compute, per_task = _task_seconds(state.state_details.flow_run_id)
             rows.append({"run": i + 1, "wall_s": wall, "tasks_s": compute, "overhead_s": wall - compute,
                          "flow_speedup": result.metrics["speedup"], "per_task_s": per_task})
-        # standalone: the same float model and the same shipped int8 model, outside any flow
+        # standalone: each run's float model and shipped int8 model loaded from the registry, outside
+        # any flow, measured as the flow does (median pair ratio), three times; the median is the reference
         data = load_data(DataSpec())
         float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
-        shipped = mlflow.pytorch.load_model(f"models:/overhead-{runs - 1}@champion")
-        with torch.no_grad():
-            standalone = benchmark(float_model, shipped, data.example_inputs, iterations=iterations, num_threads=1)
+        for i, row in enumerate(rows):
+            speedups = []
+            for _ in range(3):
+                shipped = mlflow.pytorch.load_model(f"models:/overhead-{i}@champion")
+                with torch.no_grad():
+                    speedups.append(benchmark(float_model, shipped, data.example_inputs, iterations=iterations,
+                                              num_threads=1).speedup)
+            row["standalone_speedups"] = speedups
+            row["standalone_speedup"] = sorted(speedups)[1]
+            row["deviation"] = abs(row["flow_speedup"] - row["standalone_speedup"]) / row["standalone_speedup"]
         return {
             "train_and_api_start_s": cold_start_s,
             "runs": rows,
-            "standalone_speedup": standalone.speedup,
-            "flow_vs_standalone": abs(rows[-1]["flow_speedup"] - standalone.speedup) / standalone.speedup,
+            "standalone_speedup": rows[-1]["standalone_speedup"],
+            "flow_vs_standalone": max(r["deviation"] for r in rows),
         }
     finally:
         os.chdir(previous)
