@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time

@@ -82,6 +82,43 @@ def _kwargs(pairs: Sequence[str] | None, flag: str) -> dict[str, Any] | None:
     return out
 
 
+def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Model and data source flags (both subcommands) as dotted parameter keys."""
+    return {
+        "model.factory": args.model_factory,
+        "model.weights": args.weights,
+        "model.folder": args.model_folder,
+        "model.kwargs": _kwargs(args.model_kwarg, "--model-kwarg"),
+        "data.source": args.data,
+        "data.kwargs": _kwargs(args.data_kwarg, "--data-kwarg"),
+        "data.evaluation_source": args.eval_data,
+        "evaluation.task": args.task,
+    }
+
+
+def _apply(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set the given flags over the config file's values; a model must come from one of them."""
+    for key, value in overrides.items():
+        if value is not None:
+            _set(raw, key, value)
+    if "model_uri" not in raw and "model" not in raw:
+        raise _BadInput(
+            "no model given; pass MODEL_URI (e.g. models:/digits-cnn@champion), --model-factory package.module:callable "
+            "[--weights file], or model_uri/model in --config"
+        )
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-factory", help="package.module:callable building the float model (instead of MODEL_URI)")
+    parser.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE", help="factory keyword argument (YAML value; repeatable)")
+    parser.add_argument("--weights", help="state_dict for the factory's model: .pt/.pth (weights_only) or .safetensors")
+    parser.add_argument("--model-folder", help="checkpoint folder passed to the factory as its first argument")
+    parser.add_argument("--data", help="data source: digits | package.module:function | .pt/.npz/.npy file")
+    parser.add_argument("--data-kwarg", action="append", metavar="KEY=VALUE", help="data function keyword argument (repeatable)")
+    parser.add_argument("--eval-data", help="separate evaluation data source (same forms as --data)")
+    parser.add_argument("--task", help="evaluation task: classification | regression | embedding")
+
+
 def _convert_params(args: argparse.Namespace) -> Any:
     from flows.convert import ConvertParams
 
@@ -109,25 +146,10 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "qat_checkpoint": args.qat_checkpoint,
         "promote_if": args.promote_if,
         "force": True if args.force else None,
-        "model.factory": args.model_factory,
-        "model.weights": args.weights,
-        "model.folder": args.model_folder,
-        "model.kwargs": _kwargs(args.model_kwarg, "--model-kwarg"),
-        "data.source": args.data,
-        "data.kwargs": _kwargs(args.data_kwarg, "--data-kwarg"),
-        "data.evaluation_source": args.eval_data,
-        "evaluation.task": args.task,
         "spec.tracing": args.tracing,
         "gates.min_quantized_fraction": args.min_quantized_fraction,
     }
-    for key, value in overrides.items():
-        if value is not None:
-            _set(raw, key, value)
-    if "model_uri" not in raw and "model" not in raw:
-        raise _BadInput(
-            "no model given; pass MODEL_URI (e.g. models:/digits-cnn@champion), --model-factory package.module:callable "
-            "[--weights file], or model_uri/model in --config"
-        )
+    _apply(raw, overrides | _source_overrides(args))
     try:
         return ConvertParams.model_validate(raw)
     except ValidationError as exc:
@@ -214,14 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--experiment", help="MLflow experiment (default quantstage)")
     conv.add_argument("--promote-if", help="gates | better (default better: also no worse than the alias holder)")
     conv.add_argument("--force", action="store_true", help="convert even if this exact conversion is already registered")
-    conv.add_argument("--model-factory", help="package.module:callable building the float model (instead of MODEL_URI)")
-    conv.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE", help="factory keyword argument (YAML value; repeatable)")
-    conv.add_argument("--weights", help="state_dict for the factory's model: .pt/.pth (weights_only) or .safetensors")
-    conv.add_argument("--model-folder", help="checkpoint folder passed to the factory as its first argument")
-    conv.add_argument("--data", help="data source: digits | package.module:function | .pt/.npz/.npy file")
-    conv.add_argument("--data-kwarg", action="append", metavar="KEY=VALUE", help="data function keyword argument (repeatable)")
-    conv.add_argument("--eval-data", help="separate evaluation data source (same forms as --data)")
-    conv.add_argument("--task", help="evaluation task: classification | regression | embedding")
+    _add_source_arguments(conv)
     conv.add_argument("--tracing", help="auto | whole | submodules (default auto)")
     conv.add_argument("--min-quantized-fraction", type=float, help="gate: least share of weighted parameters quantized")
     conv.set_defaults(run=_cmd_convert)
@@ -287,11 +302,7 @@ def _sweep_params(args: argparse.Namespace) -> Any:
         "alias": args.alias,
         "experiment": args.experiment,
     }
-    for key, value in overrides.items():
-        if value is not None:
-            _set(raw, key, value)
-    if "model_uri" not in raw and "model" not in raw:
-        raise _BadInput("no model given; pass MODEL_URI (e.g. models:/digits-cnn@champion) or model_uri in --config")
+    _apply(raw, overrides | _source_overrides(args))
     try:
         return SweepParams.model_validate(raw)
     except ValidationError as exc:
@@ -334,6 +345,7 @@ def _add_sweep_parser(sub: Any) -> None:
     sweep = sub.add_parser("sweep", help="convert one model with many candidate specs in parallel; register the best")
     sweep.add_argument("model_uri", nargs="?", help="models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>")
     sweep.add_argument("--config", help="YAML/JSON file of sweep parameters (flags override it)")
+    _add_source_arguments(sweep)
     sweep.add_argument("--candidate", action="append", help="YAML/JSON QuantSpec file: one candidate (repeatable)")
     sweep.add_argument("--grid", action="append", metavar="FIELD=[V1, V2]",
                        help="spec field and its values, e.g. 'backend=[x86, qnnpack]' (repeatable: every combination)")

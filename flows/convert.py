@@ -6,23 +6,21 @@ and decides the gates.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from typing import Literal
 
 from prefect import flow, runtime
+
+from flows._source_params import SourceParams
 from prefect.settings import PREFECT_UI_URL
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from quant.benchmark import benchmark_table
 from quant.errors import ArtifactError, QuantStageError
-from quant.evaluate import EvaluationSpec
 from quant.fallback import FallbackConfig, FallbackResult
 from quant.gates import GateResult, GatesConfig, check_gates
 from quant.report import render_report
 from quant.sensitivity import sensitivity_table
-from quant.model_source import ModelSource
-from quant.sources import DataSpec
 from quant.spec import QuantSpec
 from tasks.benchmark import benchmark_model
 from tasks.calibrate import calibrate, load_qat
@@ -53,33 +51,16 @@ from tasks.validate import validate_accuracy
 
 __all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
 
-_MODEL_URI = re.compile(r"^(models:/[^/@]+(/\d+|@[^/]+)|runs:/[^/]+/.+)$")
 
 
 class GateFailure(QuantStageError):
     """The quantized model was logged but failed a promotion gate."""
 
 
-class ConvertParams(BaseModel):
+class ConvertParams(SourceParams):
     """Parameters of one conversion."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_uri: str | None = Field(
-        None,
-        description="Float source model in MLflow: models:/<name>/<version>, models:/<name>@<alias> or "
-        "runs:/<run_id>/<path> (shorthand for model: {uri: ...}).",
-    )
-    model: ModelSource | None = Field(
-        None,
-        description="Float source model: {uri}, {factory, kwargs, folder, weights} or {path, trust_pickle}; "
-        "give this or model_uri.",
-    )
-    data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
     spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
-    evaluation: EvaluationSpec = Field(
-        default_factory=EvaluationSpec, description="Task metrics (classification, regression, embedding, user metric)."
-    )
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks that must pass before promotion.")
     fallback: FallbackConfig = Field(
         default_factory=FallbackConfig,
@@ -87,9 +68,6 @@ class ConvertParams(BaseModel):
     )
     sensitivity: bool = Field(True, description="Measure per-layer sensitivity (FX numeric suite) and log it.")
     sensitivity_batches: int = Field(4, ge=1, description="Calibration batches the sensitivity analysis runs.")
-    registered_name: str | None = Field(
-        None, description="Registry name of the quantized model; default '<source name>-int8'."
-    )
     alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
     promote_if: Literal["gates", "better"] = Field(
         "better",
@@ -117,10 +95,6 @@ class ConvertParams(BaseModel):
         "model (0: bit-exact).",
     )
 
-    @field_validator("benchmark_threads", "benchmark_batch_sizes", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: object) -> object:
-        return (value,) if isinstance(value, int) else value
     qat_checkpoint: str | None = Field(
         None,
         description="A model trained with prepare_qat_fx elsewhere: path or MLflow artifact URI of a "
@@ -128,37 +102,10 @@ class ConvertParams(BaseModel):
         "recalibration, with the checkpoint's spec.",
     )
 
-    @model_validator(mode="after")
-    def _one_model(self) -> ConvertParams:
-        if (self.model_uri is None) == (self.model is None):
-            raise ValueError(
-                "give exactly one of model_uri (an MLflow model URI) or model (a model source: uri, factory + "
-                "weights, or a trusted pickle)"
-            )
-        return self
-
-    @property
-    def source(self) -> ModelSource:
-        """The model source, whichever field gave it."""
-        return self.model if self.model is not None else ModelSource(uri=self.model_uri)
-
-    @property
-    def source_label(self) -> str:
-        return self.source.uri or self.source.label
-
-    @field_validator("model_uri")
+    @field_validator("benchmark_threads", "benchmark_batch_sizes", mode="before")
     @classmethod
-    def _known_uri_form(cls, value: str | None) -> str | None:
-        if value is not None and not _MODEL_URI.match(value):
-            raise ValueError(
-                f"model_uri {value!r} is not of a supported form; use models:/<name>/<version>, "
-                f"models:/<name>@<alias> or runs:/<run_id>/<path>"
-            )
-        return value
-
-    def eval_digest(self) -> str:
-        """Digest of what the metrics are measured on (data + evaluation): comparable iff equal."""
-        return digest({"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")})[:16]
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, int) else value
 
     def idempotency_key(self, identity: str) -> str:
         """sha256 of the resolved source (``tasks.load.source_identity``: registry version, run, or
@@ -173,18 +120,6 @@ class ConvertParams(BaseModel):
             "fallback": self.fallback.model_dump(mode="json"),
             "qat_checkpoint": self.qat_checkpoint,
         })
-
-    @property
-    def target_name(self) -> str:
-        if self.registered_name:
-            return self.registered_name
-        if self.model_uri is None:
-            if self.source.uri is None:
-                return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.label) + "-int8"
-            return self.model_copy(update={"model_uri": self.source.uri, "model": None}).target_name
-        if self.model_uri.startswith("models:/"):
-            return re.split(r"[/@]", self.model_uri[len("models:/") :])[0] + "-int8"
-        return "run-" + self.model_uri[len("runs:/") :].split("/")[0][:8] + "-int8"
 
 
 class ConvertResult(BaseModel):

@@ -45,15 +45,12 @@ from prefect import flow, runtime
 from prefect.futures import wait
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from flows.convert import _MODEL_URI
+from flows._source_params import SourceParams
 from quant.errors import QuantStageError, SpecError
-from quant.evaluate import EvaluationSpec
 from quant.gates import GatesConfig
-from quant.model_source import ModelSource
 from quant.ranking import comparison_table, failure_summary, finalists, rank
-from quant.sources import DataSpec
 from quant.spec import QuantSpec, first_error
 from tasks.candidate import (
     CandidateJob,
@@ -150,21 +147,9 @@ def expand_grid(base: QuantSpec, grid: Mapping[str, Sequence[Any]]) -> list[tupl
     return combos
 
 
-class SweepParams(BaseModel):
+class SweepParams(SourceParams):
     """Parameters of one sweep: a source model, the candidates, and what they share."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_uri: str | None = Field(
-        None,
-        description="Float source model in MLflow: models:/<name>/<version>, models:/<name>@<alias> or "
-        "runs:/<run_id>/<path> (shorthand for model: {uri: ...}).",
-    )
-    model: ModelSource | None = Field(
-        None,
-        description="Float source model: {uri}, {factory, kwargs, folder, weights} or {path, trust_pickle}; give this "
-        "or model_uri. Every worker loads it itself: factories must be importable and files readable there.",
-    )
     candidates: tuple[QuantSpec, ...] = Field(
         (), description="Candidate specs, evaluated in this order (indices 0..n-1), before the grid's."
     )
@@ -174,8 +159,6 @@ class SweepParams(BaseModel):
         "e.g. {'backend': ['x86', 'qnnpack'], 'qconfig_mapping.observers.reduce_range': [true, false]}.",
     )
     base_spec: QuantSpec = Field(default_factory=QuantSpec, description="The spec the grid varies.")
-    data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data (shared).")
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Task metrics (shared).")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks every candidate must pass to win.")
     policy: Literal["fastest_passing", "pareto"] = Field(
         "fastest_passing",
@@ -193,9 +176,6 @@ class SweepParams(BaseModel):
     workers: int = Field(2, ge=1, description="threads: pool size; dask without address: LocalCluster processes.")
     sensitivity: bool = Field(False, description="Per-layer sensitivity for every candidate (costs a pass per layer).")
     sensitivity_batches: int = Field(4, ge=1, description="Calibration batches the sensitivity analysis runs.")
-    registered_name: str | None = Field(
-        None, description="Registry name of the winner; default '<source name>-int8'."
-    )
     alias: str = Field("champion", description="Alias moved to the winner's version.")
     promote_if: Literal["gates", "better"] = Field(
         "better",
@@ -217,16 +197,6 @@ class SweepParams(BaseModel):
     ship_tolerance: float = Field(
         0.0, ge=0.0, description="Largest absolute output difference the shipped TorchScript may have (0: bit-exact)."
     )
-
-    @field_validator("model_uri")
-    @classmethod
-    def _known_uri_form(cls, value: str | None) -> str | None:
-        if value is not None and not _MODEL_URI.match(value):
-            raise ValueError(
-                f"model_uri {value!r} is not of a supported form; use models:/<name>/<version>, "
-                f"models:/<name>@<alias> or runs:/<run_id>/<path>"
-            )
-        return value
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -255,11 +225,6 @@ class SweepParams(BaseModel):
                 )
             if (first := seen.setdefault(spec.digest(), i)) != i:
                 raise ValueError(f"candidates {first} and {i} are the same spec (hash {spec.digest()}); drop one")
-        if (self.model_uri is None) == (self.model is None):
-            raise ValueError(
-                "give exactly one of model_uri (an MLflow model URI) or model (a model source: uri, factory + "
-                "weights, or a trusted pickle)"
-            )
         if self.address and self.task_runner == "threads":
             raise ValueError(f"address {self.address!r} applies to task_runner 'dask' or 'ray', not 'threads'")
         return self
@@ -275,30 +240,6 @@ class SweepParams(BaseModel):
                 except ValidationError as exc:
                     raise ValueError(f"candidate {len(self.candidates) + offset} (grid {label}): {first_error(exc)}") from None
         return out
-
-    def eval_digest(self) -> str:
-        """Digest of what the metrics are measured on (data + evaluation), as convert_flow's."""
-        return digest({"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")})[:16]
-
-    @property
-    def source(self) -> ModelSource:
-        """The model source, whichever field gave it."""
-        return self.model if self.model is not None else ModelSource(uri=self.model_uri)
-
-    @property
-    def source_label(self) -> str:
-        return self.source.uri or self.source.label
-
-    @property
-    def target_name(self) -> str:
-        if self.registered_name:
-            return self.registered_name
-        uri = self.source.uri
-        if uri is None:
-            return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.label) + "-int8"
-        if uri.startswith("models:/"):
-            return re.split(r"[/@]", uri[len("models:/") :])[0] + "-int8"
-        return "run-" + uri[len("runs:/") :].split("/")[0][:8] + "-int8"
 
 
 class SweepResult(BaseModel):

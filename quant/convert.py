@@ -21,7 +21,7 @@ from torch.fx import GraphModule
 from quant import _fx
 from quant.errors import ConversionError
 
-__all__ = ["ReferenceModel", "convert", "lower", "reference_convert"]
+__all__ = ["ReferenceModel", "convert", "convert_with_spec", "lower", "reference_convert"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,3 +232,10 @@ def convert(
         keep_original_weights=keep_original_weights,
         remove_qconfig=_remove_qconfig,
     )
+
+
+def convert_with_spec(prepared: GraphModule, spec: Any) -> tuple[ReferenceModel, GraphModule]:
+    """``reference_convert`` then ``lower`` with every convert-time setting of a ``QuantSpec``
+    (custom config, convert-time mapping, backend config, weights kept, qconfig removal, target)."""
+    reference = reference_convert(prepared, **spec.reference_convert_kwargs())
+    return reference, lower(reference, **spec.lower_kwargs())

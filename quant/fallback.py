@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from quant.convert import convert
+from quant.convert import convert_with_spec
 from quant.evaluate import EvaluationSpec, evaluate
 from quant.gates import GatesConfig, check_gates
 from quant.prepare import calibrate, prepare
@@ -153,12 +153,7 @@ def convert_and_check(
     prepared = prepare(model, dataset.example_inputs, trial_spec)
     if trial_spec.mode == "static":
         calibrate(prepared, dataset.calibration, max_batches=trial_spec.calibration_batches)
-    quantized = convert(
-        prepared,
-        convert_custom_config=trial_spec.convert_custom_config(),
-        qconfig_mapping=trial_spec.convert_qconfig_mapping_object(),
-        backend_config=trial_spec.backend_config_object(),
-    )
+    _, quantized = convert_with_spec(prepared, trial_spec)
     accuracy = evaluate(model, quantized, dataset.evaluation, evaluation)
     results = check_gates(gates.accuracy_only(), accuracy)
     trial = Trial(tuple(float_layers), all(r.passed for r in results), accuracy.as_metrics())

@@ -287,6 +287,18 @@ class QuantSpec(_Spec):
         _skip_fused_forms(mapping, self.backend_config_object())
         return mapping
 
+    def reference_convert_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``quant.convert.reference_convert`` for this spec."""
+        return {
+            "convert_custom_config": self.convert_custom_config(),
+            "qconfig_mapping": self.convert_qconfig_mapping_object(),
+            "backend_config": self.backend_config_object(),
+        }
+
+    def lower_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``quant.convert.lower`` for this spec."""
+        return {"keep_original_weights": self.keep_original_weights, "remove_qconfig": self.remove_qconfig, "target": self.target}
+
     def convert_qconfig_mapping_object(self) -> Any | None:
         """The convert-time QConfigMapping for convert_fx, or None (use prepare's)."""
         if self.convert_qconfig_mapping is None:

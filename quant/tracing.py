@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from quant.convert import ReferenceModel, lower, reference_convert
+from quant.convert import ReferenceModel, convert_with_spec
 from quant.coverage import CoverageReport, coverage_report
 from quant.errors import DataError, SpecError, TracingError
 from quant.prepare import degenerate_ranges, prepare
@@ -608,17 +608,7 @@ def _calibrate(model: nn.Module, calibration: Iterable[Any], spec: QuantSpec) ->
 
 
 def _convert(prepared: GraphModule, spec: QuantSpec) -> tuple[ReferenceModel, GraphModule]:
-    reference = reference_convert(
-        prepared,
-        convert_custom_config=spec.convert_custom_config(),
-        qconfig_mapping=spec.convert_qconfig_mapping_object(),
-        backend_config=spec.backend_config_object(),
-    )
-    lowered = lower(
-        reference, keep_original_weights=spec.keep_original_weights, remove_qconfig=spec.remove_qconfig,
-        target=spec.target,
-    )
-    return reference, lowered
+    return convert_with_spec(prepared, spec)
 
 
 def quantize_submodules(

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quant.artifacts import export_torchscript, load_torchscript, to_torchscript
 from quant.benchmark import benchmark, benchmark_table
-from quant.convert import lower, reference_convert
+from quant.convert import convert_with_spec
 from quant.coverage import coverage_report
 from quant.evaluate import EvaluationSpec, evaluate
 from quant.gates import GatesConfig, check_gates
@@ -279,16 +279,7 @@ def _convert_and_check(job: CandidateJob, work_dir: str) -> CandidateResult:
             prepared = traced
             if spec.mode == "static":
                 calibrate(prepared, dataset.calibration, max_batches=spec.calibration_batches)
-            reference = reference_convert(
-                prepared,
-                convert_custom_config=spec.convert_custom_config(),
-                qconfig_mapping=spec.convert_qconfig_mapping_object(),
-                backend_config=spec.backend_config_object(),
-            )
-            quantized = lower(
-                reference, keep_original_weights=spec.keep_original_weights, remove_qconfig=spec.remove_qconfig,
-                target=spec.target,
-            )
+            reference, quantized = convert_with_spec(prepared, spec)
         else:
             prepared, reference, quantized = None, None, traced.model
         clock.lap("convert_s")

@@ -17,12 +17,7 @@ __all__ = ["lower"]
 @task(name="lower", cache_policy=NO_CACHE)
 def lower(reference: ReferenceModel, spec: QuantSpec) -> GraphModule:
     """Lower the reference model to native quantized ops (fbgemm/x86/qnnpack/onednn)."""
-    quantized = lower_reference(
-        reference,
-        keep_original_weights=spec.keep_original_weights,
-        remove_qconfig=spec.remove_qconfig,
-        target=spec.target,
-    )
+    quantized = lower_reference(reference, **spec.lower_kwargs())
     if spec.target == "native":
         run_logger().info("lowered to native %s ops", spec.backend)
     else:

@@ -17,11 +17,6 @@ __all__ = ["reference_convert"]
 @task(name="reference_convert", cache_policy=NO_CACHE)
 def reference_convert(prepared: GraphModule, spec: QuantSpec) -> ReferenceModel:
     """Convert the calibrated model to a reference quantized model."""
-    reference = convert_to_reference(
-        prepared,
-        convert_custom_config=spec.convert_custom_config(),
-        qconfig_mapping=spec.convert_qconfig_mapping_object(),
-        backend_config=spec.backend_config_object(),
-    )
+    reference = convert_to_reference(prepared, **spec.reference_convert_kwargs())
     run_logger().info("reference model: %d graph nodes", len(reference.graph_module.graph.nodes))
     return reference
