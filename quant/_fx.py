@@ -9,9 +9,11 @@ silenced here, narrowly (that message, that category, only around our own calls)
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Iterator
 
+import torch
 import torch.ao.ns._numeric_suite_fx as numeric_suite
 import torch.ao.quantization as ao_quantization
 from torch.ao.ns.fx.utils import compute_sqnr
@@ -66,6 +68,7 @@ __all__ = [
     "_update_qconfig_for_qat",
     "attach_preserved_attrs_to_model",
     "backend_config_for",
+    "embedding_weight_only",
     "compute_sqnr",
     "numeric_suite",
     "convert_fx",
@@ -118,3 +121,14 @@ def fx_quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=_REDUCE_RANGE, category=UserWarning)
         warnings.filterwarnings("ignore", message=_QTENSOR_DEPRECATION, category=UserWarning)
         yield
+
+
+def embedding_weight_only(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an ``nn.Embedding``/``nn.EmbeddingBag`` as torch's weight-only int8 form
+    (``float_qparams_weight_only_qconfig``: per-row scale and offset), as FX lowers it."""
+    from torch.ao.nn import quantized as nnq
+
+    float_module = copy.deepcopy(module)
+    float_module.qconfig = ao_quantization.float_qparams_weight_only_qconfig
+    cls = nnq.EmbeddingBag if isinstance(module, torch.nn.EmbeddingBag) else nnq.Embedding
+    return cls.from_float(float_module)

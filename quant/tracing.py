@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from quant import _fx
 from quant.convert import ReferenceModel, convert_with_spec
 from quant.coverage import CoverageReport, coverage_report
 from quant.errors import DataError, SpecError, TracingError
@@ -467,6 +468,7 @@ class SubmoduleCoverage:
 
     rows: tuple[SubmoduleRow, ...]
     float_time_share: float | None
+    weight_only: tuple[str, ...] = ()  # embeddings outside the traced submodules, int8 weight-only (dynamic)
 
     @property
     def linear_conv_params(self) -> int:
@@ -513,6 +515,8 @@ class SubmoduleCoverage:
                 f"- time outside the quantized submodules (measured in float): {100.0 * self.float_time_share:.1f}% "
                 f"of forward time"
             )
+        if self.weight_only:
+            lines.append(f"- embeddings outside them quantized weight-only: {', '.join(f'`{p}`' for p in self.weight_only)}")
         for row in self.left_float[:_MAX_LISTED]:
             lines.append(f"- left float: `{row.path or '<root>'}` ({row.module_type}): {row.reason}")
         if len(self.left_float) > _MAX_LISTED:
@@ -648,13 +652,34 @@ def quantize_submodules(
         references[path], lowered[path] = _convert(prepared[path], specs[path])
         coverage[path] = coverage_report(float_model.get_submodule(path), references[path], lowered[path])
         work = _swap(work, path, lowered[path])
+    embeddings = _embeddings_outside(float_model, plan, spec)
+    for path in embeddings:
+        work = _swap(work, path, _fx.embedding_weight_only(float_model.get_submodule(path)))
     times: dict[str, float] = {}
     total_ms = None
     if timing_repeats > 0 and "" not in plan.quantized:
         times, total_ms = _float_times(float_model, plan.quantized, [example_args], timing_repeats)
-    report = _report(float_model, plan, coverage, times, total_ms)
+    report = dataclasses.replace(_report(float_model, plan, coverage, times, total_ms), weight_only=embeddings)
     logger.info("submodule quantization: %s", report.summary().replace("\n", " "))
     return SubmoduleQuantization(work.eval(), plan, references, lowered, coverage, report)
+
+
+def _embeddings_outside(model: nn.Module, plan: TracingPlan, spec: QuantSpec) -> tuple[str, ...]:
+    """Dynamic mode quantizes embeddings weight-only (as the whole-model path does): those
+    outside every quantized submodule, unless the spec keeps them (or their type) float."""
+    if spec.mode != "dynamic":
+        return ()
+    from quant.spec import resolve_dotted
+
+    skipped_types = tuple(t for t in (resolve_dotted(n) for n in spec.skip_object_types) if isinstance(t, type))
+    out = []
+    for path, module in model.named_modules():
+        if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or (skipped_types and isinstance(module, skipped_types)):
+            continue
+        if any(_covers(q, path) for q in plan.quantized) or _kept_float_by_spec(spec, path):
+            continue
+        out.append(path)
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- choosing the path

@@ -308,3 +308,30 @@ def test_bad_arguments_say_what_is_allowed(
     with pytest.raises(error, match=match):
         quantize_auto(encoder, arguments["spec"], calibration[0], calibration, tracing=arguments["tracing"])
 
+
+
+def test_dynamic_submodules_quantize_embeddings_outside_them_weight_only() -> None:
+    """Embeddings sit in the untraceable glue; dynamic mode still stores them int8 (weight-only),
+    as the whole-model path does, unless the spec keeps them float."""
+    from torch.ao.nn.quantized import Embedding as QuantizedEmbedding
+
+    from quant.benchmark import serialized_size
+    from quant.evaluate import sqnr_db
+    from quant.spec import QuantSpec
+    from quant.tracing import quantize_submodules
+    from tests.encoder import build_encoder, encoder_batches
+
+    model = build_encoder().eval()
+    batch = encoder_batches(1)[0]
+    args = (batch["input_ids"], batch["attention_mask"])
+    result = quantize_submodules(model, QuantSpec(mode="dynamic"), args, timing_repeats=0)
+    embeddings = [p for p, m in model.named_modules() if isinstance(m, torch.nn.Embedding)]
+    assert embeddings and result.report.weight_only == tuple(embeddings)
+    assert all(isinstance(result.model.get_submodule(p), QuantizedEmbedding) for p in embeddings)
+    assert "quantized weight-only" in result.report.summary()
+    with torch.no_grad():
+        assert sqnr_db(model(*args), result.model(*args)) >= 30.0
+    assert serialized_size(result.model) < serialized_size(model) / 3
+    kept = quantize_submodules(model, QuantSpec(mode="dynamic", skip_modules=(embeddings[0],)), args, timing_repeats=0)
+    assert embeddings[0] not in kept.report.weight_only
+    assert isinstance(kept.model.get_submodule(embeddings[0]), torch.nn.Embedding)
