@@ -301,6 +301,7 @@ def _sweep_params(args: argparse.Namespace) -> Any:
         "registered_name": args.registered_name,
         "alias": args.alias,
         "experiment": args.experiment,
+        "force": True if args.force else None,
     }
     _apply(raw, overrides | _source_overrides(args))
     try:
@@ -334,6 +335,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"quantstage: no candidate passed: {exc}", file=sys.stderr)
         _where_to_look()
         return EXIT_GATE_FAILED
+    if result.skipped and not result.table:
+        print(f"\nskipped: {result.reason}")
+        return 0
     _print_sweep(result.table)
     print(f"\nwinner #{result.winner}: {result.reason}")
     print(f"models:/{result.registered_name}/{result.version} (promoted: {result.promoted})")
@@ -358,6 +362,7 @@ def _add_sweep_parser(sub: Any) -> None:
     sweep.add_argument("--registered-name", help="registry name of the winner (default <source>-int8)")
     sweep.add_argument("--alias", help="alias moved to the winner (default champion)")
     sweep.add_argument("--experiment", help="MLflow experiment (default quantstage)")
+    sweep.add_argument("--force", action="store_true", help="sweep even if this exact sweep's winner is already registered")
     sweep.set_defaults(run=_cmd_sweep)
 
 

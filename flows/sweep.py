@@ -64,11 +64,12 @@ from tasks.candidate import (
     tracking_uri,
 )
 from tasks.events import PROMOTED, emit_model_event
-from tasks.load import load_data, load_model
+from tasks.load import load_data, load_model, source_identity
 from tasks.track import (
     compare_with_holder,
     digest,
     end_run,
+    find_version_by_key,
     log_data_lineage,
     promote,
     register_model,
@@ -197,6 +198,9 @@ class SweepParams(SourceParams):
     ship_tolerance: float = Field(
         0.0, ge=0.0, description="Largest absolute output difference the shipped TorchScript may have (0: bit-exact)."
     )
+    force: bool = Field(
+        False, description="Sweep even when a winner of the same sweep (same idempotency key) is already registered."
+    )
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -229,6 +233,19 @@ class SweepParams(SourceParams):
             raise ValueError(f"address {self.address!r} applies to task_runner 'dask' or 'ray', not 'threads'")
         return self
 
+    def idempotency_key(self, identity: str) -> str:
+        """sha256 of the resolved source, every candidate spec (in order), the data, the evaluation,
+        the gates and the ranking settings — not the task runner, which does not change the answer."""
+        return digest({
+            "sweep": True,
+            "source": identity,
+            "candidates": [spec.digest() for _, spec in self.candidate_specs()],
+            "data": self.data.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "gates": self.gates.model_dump(mode="json"),
+            "ranking": [self.policy, self.pareto_tolerance, self.finalists],
+        })
+
     def candidate_specs(self) -> list[tuple[str, QuantSpec]]:
         """``(label, spec)`` of every candidate: the explicit ones, then the grid's; validated,
         an error names the candidate index and the field."""
@@ -259,6 +276,8 @@ class SweepResult(BaseModel):
     candidates: list[CandidateResult] = Field(default_factory=list)
     sequential: dict[int, dict[str, float]] = Field(default_factory=dict, description="Re-benchmark numbers by index.")
     table: dict[str, list] = Field(default_factory=dict, description="The comparison table (columns).")
+    skipped: bool = Field(False, description="Nothing evaluated: a winner of the same sweep is already registered.")
+    idempotency_key: str = ""
 
 
 def build_task_runner(params: SweepParams) -> Any:
@@ -367,6 +386,17 @@ def sweep_flow(params: SweepParams) -> SweepResult:
     runner = build_task_runner(params)  # fails fast when the runner's package is missing
     specs = params.candidate_specs()
     source_uri, target = params.source_label, params.target_name
+    key = params.idempotency_key(source_identity(params.source))
+    if not params.force and (existing := find_version_by_key(target, key)):
+        reason = (
+            f"already swept: {target} version {existing['version']} is the winner of a sweep with idempotency key "
+            f"{key[:12]}… (candidate {existing['tags'].get('sweep_candidate')}); pass force=True to sweep again"
+        )
+        print(f"skipped: {reason}")
+        return SweepResult(
+            parent_run_id=existing["tags"].get("sweep_run_id", ""), registered_name=target, version=existing["version"],
+            winner_run_id=existing["run_id"], policy=params.policy, reason=reason, skipped=True, idempotency_key=key,
+        )
     source = load_model(params.source)  # the float model the finalists are re-benchmarked against, here
     dataset = load_data(params.data, source.model)
     parent = start_run(
@@ -442,10 +472,19 @@ def sweep_flow(params: SweepParams) -> SweepResult:
             promoted, reason = compare_with_holder(target, "", params.alias, winner.metrics, params.eval_digest())
         else:
             promoted, reason = True, "the sweep's winner passed every gate (promote_if=gates)"
-        with registry_lock():
-            version = register_model(
-                winner.model_uri, target, _lineage(params, source, winner, parent),
-                description=f"sweep winner #{winner.index} ({winner.name}) of {source_uri} (version {source.version})",
+        with registry_lock():  # check-then-register, one registrar at a time
+            existing = None if params.force else find_version_by_key(target, key)
+            if existing is None:
+                version = register_model(
+                    winner.model_uri, target, _lineage(params, source, winner, parent) | {"idempotency_key": key},
+                    description=f"sweep winner #{winner.index} ({winner.name}) of {source_uri} (version {source.version})",
+                )
+        if existing is not None:  # a concurrent sweep with the same key registered its winner first
+            end_run(parent, "FINISHED", {"quantstage.duplicate_of": f"{target}/{existing['version']}"})
+            return SweepResult(
+                parent_run_id=parent, registered_name=target, version=existing["version"], policy=params.policy,
+                reason=f"registered meanwhile by another sweep with idempotency key {key[:12]}…", skipped=True,
+                idempotency_key=key, candidates=results, table=table,
             )
         if promoted:
             promote(target, version, params.alias)
@@ -466,5 +505,5 @@ def sweep_flow(params: SweepParams) -> SweepResult:
     return SweepResult(
         parent_run_id=parent, registered_name=target, version=version, promoted=promoted, winner=winner.index,
         winner_run_id=winner.run_id, policy=params.policy, reason=ranking.reason, order=list(ranking.order),
-        front=list(ranking.front), candidates=results, sequential=sequential, table=table,
+        front=list(ranking.front), candidates=results, sequential=sequential, table=table, idempotency_key=key,
     )

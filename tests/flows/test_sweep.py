@@ -261,3 +261,16 @@ def test_cli_sweep_refuses_a_bad_grid_with_one_line(capsys) -> None:
     assert "candidate 1 (grid backend=\"tpu\"): backend: Input should be" in capsys.readouterr().err
     assert main(["sweep", SOURCE, "--grid", "backend=x86"]) == EXIT_BAD_INPUT
     assert "is not FIELD=[v1, v2, ...]" in capsys.readouterr().err
+
+
+def test_the_same_sweep_again_is_skipped_unless_forced(dask_sweep) -> None:
+    """Idempotent like convert_flow: the same source, candidates, data, evaluation, gates and ranking
+    (the task runner aside) find the registered winner and evaluate nothing."""
+    params, first = dask_sweep
+    client = mlflow.MlflowClient()
+    before = {v.version for v in client.search_model_versions("name = 'digits-cnn-sweep'")}
+    again = sweep_flow(params.model_copy(update={"task_runner": "threads"}))
+    assert again.skipped and again.version == first.version and again.idempotency_key == first.idempotency_key
+    assert again.parent_run_id == first.parent_run_id and "already swept" in again.reason
+    assert {v.version for v in client.search_model_versions("name = 'digits-cnn-sweep'")} == before
+    assert client.get_model_version("digits-cnn-sweep", first.version).tags["idempotency_key"] == first.idempotency_key
