@@ -3,12 +3,14 @@ warm Prefect API, and the flow's reported speedup against a standalone measureme
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["measure_overhead"]
+__all__ = ["measure_overhead", "temporary_store"]
 
 
 def _task_seconds(flow_run_id: Any) -> tuple[float, dict[str, float]]:
@@ -24,15 +26,28 @@ def _task_seconds(flow_run_id: Any) -> tuple[float, dict[str, float]]:
     return sum(per_task.values()), per_task
 
 
-def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
-    """Train the demo model once, then run convert_flow ``runs`` times on a warm API (the first
-    run after the API start is reported apart). A temporary MLflow store is used."""
-    workdir = tempfile.mkdtemp(prefix="quantstage-bench-")
+@contextlib.contextmanager
+def temporary_store(prefix: str) -> Iterator[str]:
+    """A temporary SQLite MLflow store as the tracking URI, the working directory moved into it
+    (so ./mlruns lands there too) and moved back after; yields the folder."""
+    import mlflow
+
+    workdir = tempfile.mkdtemp(prefix=prefix)
     previous = os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow.db"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     os.chdir(workdir)
     try:
+        yield workdir
+    finally:
+        os.chdir(previous)
+
+
+def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
+    """Train the demo model once, then run convert_flow ``runs`` times on a warm API (the first
+    run after the API start is reported apart). A temporary MLflow store is used."""
+    with temporary_store("quantstage-bench-"):
         import mlflow
         import torch
 
@@ -41,7 +56,6 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
         from quant.benchmark import benchmark
         from quant.sources import DataSpec, load_data
 
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         started = time.perf_counter()
         train_demo(epochs=3)  # also starts the ephemeral API: later flows find it warm
         cold_start_s = time.perf_counter() - started
@@ -77,5 +91,3 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
             "standalone_speedup": rows[-1]["standalone_speedup"],
             "flow_vs_standalone": max(r["deviation"] for r in rows),
         }
-    finally:
-        os.chdir(previous)

@@ -14,10 +14,11 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.overhead import temporary_store
 
 __all__ = ["CANDIDATES", "measure_sweep"]
 
@@ -106,19 +107,12 @@ def measure_sweep(ns: tuple[int, ...] = (4, 8), iterations: int = 100, repeat: i
     """Train the demo model once (which starts the ephemeral API), then for each N: sequential
     convert_flow runs, a sweep on its own LocalCluster (cold workers), a sweep attached to a
     warm 2-worker cluster, and a sweep on threads; each ``repeat`` times, the fastest kept."""
-    workdir = tempfile.mkdtemp(prefix="quantstage-bench-sweep-")
-    previous = os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow.db"
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.chdir(workdir)
-    try:
-        import mlflow
+    with temporary_store("quantstage-bench-sweep-"):
         from distributed import LocalCluster
 
         from flows.sweep import SweepParams
         from flows.train_demo import train_demo
 
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         t0 = time.perf_counter()
         train_demo(epochs=3)
         out: dict[str, Any] = {
@@ -147,8 +141,6 @@ def measure_sweep(ns: tuple[int, ...] = (4, 8), iterations: int = 100, repeat: i
         out["loadavg_end"] = os.getloadavg()
         out["repeat"] = repeat
         return out
-    finally:
-        os.chdir(previous)
 
 
 def _md(results: dict[str, Any]) -> str:

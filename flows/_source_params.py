@@ -68,6 +68,13 @@ class SourceParams(BaseModel):
     def source_label(self) -> str:
         return self.source.uri or self.source.label
 
+    @staticmethod
+    def raw_source_label(raw: dict | None) -> str:
+        """The source label of not-yet-validated parameters (a flow run name must not fail)."""
+        raw = raw or {}
+        model = raw.get("model") or {}
+        return raw.get("model_uri") or model.get("uri") or model.get("factory") or "?"
+
     def eval_digest(self) -> str:
         """Digest of what the metrics are measured on (data + evaluation): comparable iff equal."""
         return digest({"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")})[:16]

@@ -143,8 +143,7 @@ def _run_name() -> str:
     if isinstance(params, ConvertParams):
         uri = params.source_label
     else:
-        raw = params or {}
-        uri = raw.get("model_uri") or (raw.get("model") or {}).get("uri") or (raw.get("model") or {}).get("factory") or "?"
+        uri = ConvertParams.raw_source_label(params)
     spec = params.spec if isinstance(params, ConvertParams) else QuantSpec.model_validate((params or {}).get("spec", {}))
     return f"convert {uri} [{spec.backend}/{spec.mode}]"
 

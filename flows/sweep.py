@@ -350,9 +350,7 @@ def _run_name() -> str:
     params = runtime.flow_run.parameters.get("params")
     if isinstance(params, SweepParams):
         return f"sweep {params.source_label} [{params.task_runner}]"
-    raw = params or {}
-    uri = raw.get("model_uri") or (raw.get("model") or {}).get("uri") or (raw.get("model") or {}).get("factory") or "?"
-    return f"sweep {uri} [{raw.get('task_runner', 'threads')}]"
+    return f"sweep {SweepParams.raw_source_label(params)} [{(params or {}).get('task_runner', 'threads')}]"
 
 
 def _lineage(params: SweepParams, source: Any, winner: CandidateResult, parent_run_id: str) -> dict[str, str]:

@@ -48,9 +48,12 @@ def batch_len(inputs: Any) -> int:
 
 
 def head(inputs: Any, n: int) -> Any:
-    """The first ``n`` samples of a batch, in the same form (non-tensor arguments kept as they are)."""
+    """The first ``n`` samples of a batch, in the same form (non-tensor arguments kept as they are);
+    a dict of keyword tensors stays a dict."""
     if isinstance(inputs, torch.Tensor):
         return inputs[:n]
+    if isinstance(inputs, dict):
+        return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
     return tuple(x[:n] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in args_of(inputs))
 
 

@@ -8,7 +8,8 @@ A bundle is a folder:
   torch's version;
 - ``state_dict.pt``: the quantized model's state_dict (quantized weights, scales and zero
   points; loadable with ``torch.load(weights_only=True)``);
-- ``example_inputs.pt``: one batch of positional inputs, enough to rebuild the structure;
+- ``example_inputs.pt``: one batch of positional inputs, enough to rebuild the structure, and
+  ``example_output.pt``: what the shipped model returns for it (a check after rebuilding);
 - ``REBUILD.md``: these steps for a human.
 
 ``rebuild(bundle)`` builds the float model with the factory, quantizes its structure again with
@@ -33,7 +34,7 @@ from quant.errors import ArtifactError
 from quant.model_source import build_from_factory
 from quant.spec import QuantSpec
 
-__all__ = ["rebuild", "save_bundle"]
+__all__ = ["example", "rebuild", "save_bundle"]
 
 _README = """# Rebuilding this quantized model
 
@@ -53,8 +54,9 @@ with the spec in rebuild.json (tracing: {tracing}), load state_dict.pt.
 
 
 def _quantize_structure(model: torch.nn.Module, spec: QuantSpec, tracing: str, example: tuple[Any, ...]) -> torch.nn.Module:
+    from quant.convert import convert_with_spec
     from quant.prepare import calibrate, prepare
-    from quant.tracing import _convert, quantize_submodules
+    from quant.tracing import quantize_submodules
 
     if tracing == "submodules":
         one = spec.model_copy(update={"calibration_batches": 1})  # observers are overwritten by the state_dict
@@ -62,7 +64,15 @@ def _quantize_structure(model: torch.nn.Module, spec: QuantSpec, tracing: str, e
     prepared = prepare(model, example, spec)
     if spec.mode == "static":
         calibrate(prepared, [(example, None)], max_batches=1)
-    return _convert(prepared, spec)[1]
+    return convert_with_spec(prepared, spec)[1]
+
+
+def example(bundle: str | Path) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, list[str]]:
+    """``(inputs, output, input names)`` stored in a bundle: one batch and what the shipped model returned."""
+    bundle = Path(bundle)
+    names = json.loads((bundle / "rebuild.json").read_text())["input_names"]
+    inputs = tuple(torch.load(bundle / "example_inputs.pt", weights_only=True))
+    return inputs, torch.load(bundle / "example_output.pt", weights_only=True), names
 
 
 def rebuild(bundle: str | Path) -> torch.nn.Module:
@@ -123,6 +133,7 @@ def save_bundle(
         path=out.name, factory=factory, names=", ".join(input_names or ["x"]), tracing=tracing))
     rebuilt = rebuild(out)
     with torch.no_grad():
+        torch.save(quantized(*verify_inputs[0]), out / "example_output.pt")
         for i, inputs in enumerate(verify_inputs):
             diff = max_abs_diff(quantized(*inputs), rebuilt(*inputs))
             if diff != 0.0:

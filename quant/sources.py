@@ -29,9 +29,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quant.errors import DataError
-from quant.inputs import args_of, batch_len, bind_to_forward, describe
+from quant.inputs import args_of, batch_len, bind_to_forward, describe, head
 
-__all__ = ["Batch", "DataSpec", "Dataset", "digits_split", "load_data"]
+__all__ = ["Batch", "DataSpec", "Dataset", "batches_digest", "digits_split", "load_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,22 @@ class Dataset:
 
     def digest(self) -> str:
         """sha256 of every tensor of both splits, in order: equal digests, equal data."""
-        h = hashlib.sha256()
-        for split in (self.calibration, self.evaluation):
-            for inputs, targets in split:
-                for x in (*args_of(inputs), targets):
-                    if isinstance(x, torch.Tensor):
-                        h.update(str((x.dtype, tuple(x.shape))).encode())
-                        h.update(x.detach().contiguous().cpu().numpy().tobytes())
-        return h.hexdigest()
+        return batches_digest(self.calibration, self.evaluation)
 
     def describe(self) -> str:
         return describe(self.example_inputs, self.input_names)
+
+
+def batches_digest(*splits: list[Batch]) -> str:
+    """sha256 of every input and target tensor (dtype, shape, bytes) of ``splits``, in order."""
+    h = hashlib.sha256()
+    for split in splits:
+        for inputs, targets in split:
+            for x in (*args_of(inputs), targets):
+                if isinstance(x, torch.Tensor):
+                    h.update(str((x.dtype, tuple(x.shape))).encode())
+                    h.update(x.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def digits_split(
@@ -277,19 +282,11 @@ def _limit(batches: list[Batch], samples: int | None) -> list[Batch]:
             break
         n = min(batch_len(inputs), samples - seen)
         if n < batch_len(inputs):
-            inputs = _head_any(inputs, n)
+            inputs = head(inputs, n)
             targets = None if targets is None else targets[:n]
         out.append((inputs, targets))
         seen += n
     return out
-
-
-def _head_any(inputs: Any, n: int) -> Any:
-    if isinstance(inputs, dict):
-        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    if isinstance(inputs, torch.Tensor):
-        return inputs[:n]
-    return tuple(x[:n] if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
 def _split(spec: DataSpec, data: _Samples | list[Any], where: str) -> tuple[list[Batch], list[Batch]]:

@@ -611,10 +611,6 @@ def _calibrate(model: nn.Module, calibration: Iterable[Any], spec: QuantSpec) ->
     return seen
 
 
-def _convert(prepared: GraphModule, spec: QuantSpec) -> tuple[ReferenceModel, GraphModule]:
-    return convert_with_spec(prepared, spec)
-
-
 def quantize_submodules(
     model: nn.Module,
     spec: QuantSpec,
@@ -649,7 +645,7 @@ def quantize_submodules(
     lowered: dict[str, GraphModule] = {}
     coverage: dict[str, CoverageReport] = {}
     for path in plan.quantized:
-        references[path], lowered[path] = _convert(prepared[path], specs[path])
+        references[path], lowered[path] = convert_with_spec(prepared[path], specs[path])
         coverage[path] = coverage_report(float_model.get_submodule(path), references[path], lowered[path])
         work = _swap(work, path, lowered[path])
     embeddings = _embeddings_outside(float_model, plan, spec)
@@ -725,5 +721,5 @@ def quantize_auto(
         return AutoQuantization("submodules", result.model, submodules=result, fallback_reason=str(exc))
     if spec.mode == "static":
         _calibrate(prepared, calibration, spec)
-    reference, lowered = _convert(prepared, spec)
+    reference, lowered = convert_with_spec(prepared, spec)
     return AutoQuantization("whole", lowered, reference=reference)

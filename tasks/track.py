@@ -110,19 +110,19 @@ def log_conversion(
         if artifact is not None:
             model_uri = log_pytorch_model(artifact.module, head(example, 2), input_names)
         else:
-            model_uri = log_rebuild_model(bundle, head(example, 2), input_names)
+            model_uri = log_rebuild_model(bundle)
     run_logger().info("logged quantized model %s", model_uri)
     return model_uri
 
 
-def log_rebuild_model(bundle: str, example: Any, names: tuple[str, ...] | None) -> str:
-    """Log a rebuild bundle as a pyfunc model (the bundle travels as its artifact); return its URI."""
-    from quant.rebuild import rebuild
+def log_rebuild_model(bundle: str) -> str:
+    """Log a rebuild bundle as a pyfunc model (the bundle travels as its artifact); return its URI.
+    Signature and input example come from the example batch the bundle stores (first 2 samples)."""
+    from quant.rebuild import example
     from tasks.rebuild_model import RebuildModel
 
-    args = args_of(example)
-    with torch.no_grad():
-        output = rebuild(bundle)(*args).numpy()
+    inputs, output, names = example(bundle)
+    args, output = args_of(head(inputs, 2)), output[:2].numpy()
     names = tuple(names or (f"input_{i}" for i in range(len(args))))
     features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
     info = mlflow.pyfunc.log_model(
@@ -148,12 +148,10 @@ def _split_dataset(batches: list, names: tuple[str, ...] | None, source: str, co
             warnings.filterwarnings("ignore", message=r"The specified dataset source can be interpreted in multiple ways")
             return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{context}:{source}")
     except Exception:  # ragged batches or a source MLflow cannot resolve: keep name, digest and sizes
-        h = hashlib.sha256()
-        for x, _ in batches:
-            for t in args_of(x):
-                h.update(t.detach().contiguous().numpy().tobytes())
+        from quant.sources import batches_digest
+
         return MetaDataset(HTTPDatasetSource("https://quantstage.invalid/" + source), name=f"{context}:{source}",
-                           digest=h.hexdigest()[:8])
+                           digest=batches_digest(batches)[:8])
 
 
 @task(name="log_data_lineage", **_IO)
