@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TYPECHECK := build/typecheck
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Prefect's ephemeral API gets 20 s to start by default, too little on a loaded 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint typecheck bench stack clean
 
 install: $(STAMP)
 
@@ -20,8 +23,28 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/quantstage demo
 
+# Lint and types, then every test: unit, flow, real-server (stack, PostgreSQL) and Dask. What .ci/run runs.
 test: $(STAMP)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
+
+# No servers, no flows: the library, the tasks' pure parts, the CLI's argument checks (seconds to ~2 minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not flow and not stack' --deselect tests/quant/engines/fx/test_convert_parity.py
+
+# ruff (lint, import order, format) and mypy (strict on quant/). mypy does not follow setuptools'
+# editable finder, so a tree of links puts quant/, tasks/ and flows/ where the installed package has them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+typecheck: $(STAMP)
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/quantstage
+	@for f in __init__.py py.typed demo.py; do ln -s "$(CURDIR)/quantstage/$$f" $(TYPECHECK)/quantstage/$$f; done
+	@for d in quant tasks flows; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/quantstage/$$d; done
+	cd $(TYPECHECK) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" \
+		--cache-dir "$(CURDIR)/build/.mypy_cache" -p quantstage
 
 # Benchmarks (bench/): the bench extra adds ONNX Runtime as a peer; torch stays pinned.
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -37,4 +60,4 @@ stack: $(STAMP)  ## local Prefect server + worker + MLflow server + deployments;
 	deploy/stack.sh
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts *.egg-info
+	rm -rf $(VENV) build mlflow.db mlruns mlartifacts *.egg-info

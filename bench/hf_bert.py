@@ -16,10 +16,11 @@ import warnings
 
 import torch
 
-from quant.benchmark import benchmark, serialized_size
-from quant.evaluate import sqnr_db
-from quant.spec import QuantSpec
-from quant.tracing import quantize_auto
+from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.measure.benchmark import benchmark, serialized_size
+from quantstage.quant.measure.evaluate import sqnr_db
+from quantstage.quant.quantize import quantize
+from quantstage.quant.tracing import SubmoduleCoverage
 
 
 class LastHidden(torch.nn.Module):
@@ -39,7 +40,11 @@ def main() -> int:
 
     torch.manual_seed(0)
     size = sys.argv[1] if len(sys.argv) > 1 else "base"
-    config = BertConfig() if size == "base" else BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+    config = (
+        BertConfig()
+        if size == "base"
+        else BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+    )
     model = LastHidden(BertModel(config).eval()).eval()
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
@@ -48,26 +53,33 @@ def main() -> int:
     mask[:, 100:] = 0
     example = (ids, mask)
     t = time.perf_counter()
-    result = quantize_auto(model, QuantSpec(mode="dynamic"), example, tracing="auto")
+    result = quantize(model, QuantSpec(mode="dynamic"), example_inputs=example)
     convert_s = time.perf_counter() - t
     with torch.no_grad():
         sqnr = sqnr_db(model(*example), result.model(*example))
     report = benchmark(model, result.model, example, iterations=30, warmup=3, num_threads=1)
     out = {
         "model": f"transformers BertModel ({size}: hidden {config.hidden_size}, {config.num_hidden_layers} layers)",
-        "parameters": params, "tracing": result.tracing,
-        "whole_model_error": (result.fallback_reason or "")[:200],
-        "convert_s": round(convert_s, 1), "sqnr_db": round(sqnr, 1),
-        "float_p50_ms": round(report.float_latency.p50_ms, 2), "int8_p50_ms": round(report.quant_latency.p50_ms, 2),
+        "parameters": params,
+        "tracing": result.tracing,
+        "whole_model_error": result.reason[:200],
+        "convert_s": round(convert_s, 1),
+        "sqnr_db": round(sqnr, 1),
+        "float_p50_ms": round(report.float_latency.p50_ms, 2),
+        "int8_p50_ms": round(report.quant_latency.p50_ms, 2),
         "speedup": round(report.speedup, 2),
         "float_state_dict_mib": round(serialized_size(model) / 2**20, 1),
         "int8_state_dict_mib": round(serialized_size(result.model) / 2**20, 1),
     }
-    if result.submodules is not None:
-        cov = result.submodules.report
-        out |= {"linear_conv_fraction": round(cov.quantized_fraction, 4), "quantized_submodules": cov.quantized_count,
-                "left_float": len(cov.left_float), "float_time_share": cov.float_time_share,
-                "first_left_float": [(r.path, r.reason[:120]) for r in cov.left_float[:3]]}
+    cov = result.coverage
+    if isinstance(cov, SubmoduleCoverage):
+        out |= {
+            "linear_conv_fraction": round(cov.quantized_fraction, 4),
+            "quantized_submodules": cov.quantized_count,
+            "left_float": len(cov.left_float),
+            "float_time_share": cov.float_time_share,
+            "first_left_float": [(r.path, r.reason[:120]) for r in cov.left_float[:3]],
+        }
     print(json.dumps(out, indent=2))
     return 0
 

@@ -130,8 +130,13 @@ class EncoderLayer(nn.Module):
 
 class BertLikeEncoder(nn.Module):
     def __init__(
-        self, vocab: int = 30522, hidden: int = 384, layers: int = 6, heads: int = 6,
-        ffn: int = 1536, max_positions: int = 128,
+        self,
+        vocab: int = 30522,
+        hidden: int = 384,
+        layers: int = 6,
+        heads: int = 6,
+        ffn: int = 1536,
+        max_positions: int = 128,
     ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab, hidden)

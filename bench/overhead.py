@@ -51,10 +51,10 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
         import mlflow
         import torch
 
-        from flows.convert import ConvertParams, convert_flow
-        from flows.train_demo import train_demo
-        from quant.benchmark import benchmark
-        from quant.sources import DataSpec, load_data
+        from quantstage.flows.convert import ConvertParams, convert_flow
+        from quantstage.flows.train_demo import train_demo
+        from quantstage.quant.data.sources import DataSpec, load_data
+        from quantstage.quant.measure.benchmark import benchmark
 
         started = time.perf_counter()
         train_demo(epochs=3)  # also starts the ephemeral API: later flows find it warm
@@ -62,15 +62,25 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
         rows = []
         for i in range(runs):
             params = ConvertParams(
-                model_uri="models:/digits-cnn@champion", registered_name=f"overhead-{i}", benchmark_iterations=iterations
+                model_uri="models:/digits-cnn@champion",
+                registered_name=f"overhead-{i}",
+                benchmark_iterations=iterations,
             )
             t0 = time.perf_counter()
             state = convert_flow(params, return_state=True)
             wall = time.perf_counter() - t0
             result = state.result()
             compute, per_task = _task_seconds(state.state_details.flow_run_id)
-            rows.append({"run": i + 1, "wall_s": wall, "tasks_s": compute, "overhead_s": wall - compute,
-                         "flow_speedup": result.metrics["speedup"], "per_task_s": per_task})
+            rows.append(
+                {
+                    "run": i + 1,
+                    "wall_s": wall,
+                    "tasks_s": compute,
+                    "overhead_s": wall - compute,
+                    "flow_speedup": result.metrics["speedup"],
+                    "per_task_s": per_task,
+                }
+            )
         # standalone: each run's float model and shipped int8 model loaded from the registry, outside
         # any flow, measured as the flow does (median pair ratio), three times; the median is the reference
         data = load_data(DataSpec())
@@ -80,8 +90,11 @@ def measure_overhead(runs: int = 3, iterations: int = 100) -> dict[str, Any]:
             for _ in range(3):
                 shipped = mlflow.pytorch.load_model(f"models:/overhead-{i}@champion")
                 with torch.no_grad():
-                    speedups.append(benchmark(float_model, shipped, data.example_inputs, iterations=iterations,
-                                              num_threads=1).speedup)
+                    speedups.append(
+                        benchmark(
+                            float_model, shipped, data.example_inputs, iterations=iterations, num_threads=1
+                        ).speedup
+                    )
             row["standalone_speedups"] = speedups
             row["standalone_speedup"] = sorted(speedups)[1]
             row["deviation"] = abs(row["flow_speedup"] - row["standalone_speedup"]) / row["standalone_speedup"]

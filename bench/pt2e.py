@@ -21,14 +21,16 @@ def pt2e_available() -> str | None:
     """None when torchao's PT2E quantizer imports, else the reason."""
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+            import torchao.quantization.pt2e.quantize_pt2e
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
 
-def pt2e_int8(model: torch.nn.Module, calibration: Sequence[torch.Tensor], batch: int) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
+def pt2e_int8(
+    model: torch.nn.Module, calibration: Sequence[torch.Tensor], batch: int
+) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
     """A compiled PT2E int8 model for inputs of ``batch`` rows; calibration samples are fed ``batch`` at a time."""
     import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -55,5 +57,10 @@ def pt2e_int8(model: torch.nn.Module, calibration: Sequence[torch.Tensor], batch
     def run(x: torch.Tensor) -> Any:
         return compiled(x)
 
-    return run, {"convert_s": convert_s, "compile_s": compile_s, "batch": batch,
-                 "quantizer": "X86InductorQuantizer default (static, per-channel weights)", "inductor_freezing": True}
+    return run, {
+        "convert_s": convert_s,
+        "compile_s": compile_s,
+        "batch": batch,
+        "quantizer": "X86InductorQuantizer default (static, per-channel weights)",
+        "inductor_freezing": True,
+    }

@@ -54,14 +54,20 @@ def _task_runs(flow_run_id: Any) -> list[Any]:
 
 def _sequential(n: int, iterations: int) -> dict[str, Any]:
     from bench.overhead import _task_seconds
-    from flows.convert import ConvertParams, convert_flow
+    from quantstage.flows.convert import ConvertParams, convert_flow
 
     runs = []
     started = time.perf_counter()
     for i, spec in enumerate(CANDIDATES[:n]):
         params = ConvertParams(
-            model_uri=SOURCE, spec=spec, registered_name=f"bench-seq-{n}-{i}", sensitivity=False, force=True,
-            promote_if="gates", benchmark_iterations=iterations, benchmark_batch_sizes=(32,),
+            model_uri=SOURCE,
+            spec=spec,
+            registered_name=f"bench-seq-{n}-{i}",
+            sensitivity=False,
+            force=True,
+            promote_if="gates",
+            benchmark_iterations=iterations,
+            benchmark_batch_sizes=(32,),
         )
         t0 = time.perf_counter()
         state = convert_flow(params, return_state=True)
@@ -73,11 +79,18 @@ def _sequential(n: int, iterations: int) -> dict[str, Any]:
 
 
 def _sweep(n: int, iterations: int, *, runner: str, address: str | None = None, tag: str = "") -> dict[str, Any]:
-    from flows.sweep import SweepParams, sweep_flow
+    from quantstage.flows.sweep import sweep_flow
+    from quantstage.flows.sweep_params import SweepParams
 
     params = SweepParams(
-        model_uri=SOURCE, candidates=CANDIDATES[:n], registered_name=f"bench-sweep-{runner}{tag}-{n}",
-        task_runner=runner, address=address, workers=2, sensitivity=False, benchmark_iterations=iterations,
+        model_uri=SOURCE,
+        candidates=CANDIDATES[:n],
+        registered_name=f"bench-sweep-{runner}{tag}-{n}",
+        task_runner=runner,
+        address=address,
+        workers=2,
+        sensitivity=False,
+        benchmark_iterations=iterations,
         promote_if="gates",
     )
     before = {r.id for r in _prefect_runs("sweep-candidates")}
@@ -110,13 +123,15 @@ def measure_sweep(ns: tuple[int, ...] = (4, 8), iterations: int = 100, repeat: i
     with temporary_store("quantstage-bench-sweep-"):
         from distributed import LocalCluster
 
-        from flows.sweep import SweepParams
-        from flows.train_demo import train_demo
+        from quantstage.flows.sweep_params import SweepParams
+        from quantstage.flows.train_demo import train_demo
 
         t0 = time.perf_counter()
         train_demo(epochs=3)
         out: dict[str, Any] = {
-            "train_and_api_start_s": time.perf_counter() - t0, "iterations": iterations, "sizes": {},
+            "train_and_api_start_s": time.perf_counter() - t0,
+            "iterations": iterations,
+            "sizes": {},
             "screening_iterations": SweepParams.model_fields["screening_iterations"].default,
         }
         _sequential(1, iterations)  # warm this process (imports, first FX trace, TorchScript) like the workers get
@@ -155,11 +170,11 @@ def _md(results: dict[str, Any]) -> str:
         "temporary SQLite MLflow store. Sequential = N `convert_flow` runs of the same specs in this process "
         "(warmed by one run first; batch size 32 only, as the sweep). Sweeps run 2 workers, one torch thread each:",
         "",
-        "* **dask cold** — `task_runner=\"dask\"`: the flow starts its own 2-process `LocalCluster` (fresh workers "
+        '* **dask cold** — `task_runner="dask"`: the flow starts its own 2-process `LocalCluster` (fresh workers '
         "import torch/MLflow/Prefect and pay the first FX trace and TorchScript compile);",
-        "* **dask warm** — `task_runner=\"dask\", address=…`: attached to a 2-process cluster that already ran a sweep "
+        '* **dask warm** — `task_runner="dask", address=…`: attached to a 2-process cluster that already ran a sweep '
         "(what a long-lived cluster gives);",
-        "* **threads** — `task_runner=\"threads\", workers=2` in this (warm) process.",
+        '* **threads** — `task_runner="threads", workers=2` in this (warm) process.',
         "",
         f"Each unit of work screens latency with {results['screening_iterations']} timed calls per model (beside the "
         f"other candidates: noisy, used only to pick the finalists); the finalists (K = 3) are then re-benchmarked "
@@ -173,7 +188,8 @@ def _md(results: dict[str, Any]) -> str:
     for n, row in results["sizes"].items():
         seq = row["sequential"]["wall_s"]
         cells = [
-            f"{row[k]['wall_s']:.1f} s" + (f" ({', '.join(f'{w:.1f}' for w in row[k]['all_wall_s'])})" if results["repeat"] > 1 else "")
+            f"{row[k]['wall_s']:.1f} s"
+            + (f" ({', '.join(f'{w:.1f}' for w in row[k]['all_wall_s'])})" if results["repeat"] > 1 else "")
             for k in MODES
         ]
         ratios = [f"{row[k]['wall_s'] / seq:.2f}" for k in ("dask_cold", "dask_warm", "threads")]
@@ -186,10 +202,17 @@ def _md(results: dict[str, Any]) -> str:
         "Ratio = sweep wall time / sequential wall time (below 1: the sweep is faster).",
         "",
     ]
-    errors = [f"N={n} {mode}: {e}" for n, row in results["sizes"].items() for mode in ("dask_cold", "dask_warm", "threads")
-              for e in row[mode]["errors"]]
-    lines += (["Candidates that failed: " + "; ".join(errors), ""] if errors else
-              ["Every candidate of every sweep ran to the end (no unit of work raised).", ""])
+    errors = [
+        f"N={n} {mode}: {e}"
+        for n, row in results["sizes"].items()
+        for mode in ("dask_cold", "dask_warm", "threads")
+        for e in row[mode]["errors"]
+    ]
+    lines += (
+        ["Candidates that failed: " + "; ".join(errors), ""]
+        if errors
+        else ["Every candidate of every sweep ran to the end (no unit of work raised).", ""]
+    )
     lines += ["## Per-candidate cost", ""]
     lines += [
         "| N | mode | parallel phase | to first candidate | candidate (in the unit of work), median | "
@@ -225,9 +248,12 @@ def _md(results: dict[str, Any]) -> str:
     steps = [s for s in warm["candidate_steps"] if s]
     if steps:
         keys = [k for k in steps[0] if k != "total_s"]
-        lines += [f"Where a warm worker's candidate time goes (N={largest}, medians): " + ", ".join(
-            f"{k.removesuffix('_s')} {statistics.median(s.get(k, 0.0) for s in steps):.2f} s" for k in keys
-        ) + ".", ""]
+        lines += [
+            f"Where a warm worker's candidate time goes (N={largest}, medians): "
+            + ", ".join(f"{k.removesuffix('_s')} {statistics.median(s.get(k, 0.0) for s in steps):.2f} s" for k in keys)
+            + ".",
+            "",
+        ]
     lines += _scaling(results)
     return "\n".join(lines) + "\n"
 
@@ -278,7 +304,7 @@ def _scaling(results: dict[str, Any]) -> list[str]:
         "server and artifact store keep up (SQLite here; use a real server for many workers), and the cluster "
         "has the model's data locally. Beyond ~W = N the parallel phase is one candidate long, and the sweep is "
         "bounded by its fixed part and, cold, by the cluster start: with small N, attach to a long-lived cluster "
-        "(`address=`) or use `task_runner=\"threads\"` on one machine.",
+        '(`address=`) or use `task_runner="threads"` on one machine.',
     ]
     return lines
 

@@ -118,7 +118,7 @@ quantstage stack is up (state and logs in $STATE):
                   sweep/weekly-candidates (schedule off)
 Use it from a shell:
   export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI
-  $BIN/python -c 'from flows.train_demo import train_demo; train_demo()'      # triggers after-training + on-registered
+  $BIN/python -c 'from quantstage.flows.train_demo import train_demo; train_demo()'      # triggers after-training + on-registered
   $BIN/prefect deployment run convert/manual --param params='{"model_uri": "models:/digits-cnn@champion"}'
 Stop: $0 stop
 MSG

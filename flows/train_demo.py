@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.events import REGISTERED, emit_model_event
-from tasks.track import promote, register_model
-from tasks.train import train_digits
+from quantstage.tasks.events import REGISTERED, emit_model_event
+from quantstage.tasks.registry import register_model
+from quantstage.tasks.train import train_digits
 
 __all__ = ["train_demo"]
 
@@ -27,8 +27,8 @@ def train_demo(
     Returns the URI of the registered version (``models:/<name>/<version>``).
     """
     model_uri, accuracy = train_digits(experiment, epochs, seed)
-    version = register_model(model_uri, registered_name, {"test_accuracy": f"{accuracy:.4f}", "trained_by": "train_demo"})
-    promote(registered_name, version, alias)
+    tags = {"test_accuracy": f"{accuracy:.4f}", "trained_by": "train_demo"}
+    version = register_model(model_uri, registered_name, tags, alias)
     # lets deployments react (deploy/prefect.yaml: on-registered); any training pipeline can emit it
     emit_model_event(REGISTERED, registered_name, version, {"alias": alias, "test_accuracy": accuracy})
     return f"models:/{registered_name}/{version}"

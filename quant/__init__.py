@@ -1,13 +1,47 @@
 """quantstage's quantization library: pure torch + pydantic, no Prefect, no MLflow.
 
-FX graph-mode quantization is reached only through ``quant._fx`` so a PT2E engine can be
-added beside it.
+One entry point, ``quantize(model, spec, calibration)``, returns a ``Quantized`` (the model,
+how it was captured, its reference and lowered parts, its coverage); its steps
+(``prepare_model`` → ``Prepared.calibrate`` → ``Prepared.reference`` → ``Referenced.lower``)
+are public for pipelines that run them apart. ``convert``, ``reference_convert`` and ``lower``
+are the FX engine's ``convert_fx`` drop-in, decomposed. Subpackages:
+
+- ``config``: ``QuantSpec`` and its qconfig mappings, as data;
+- ``engines``: the ``Engine`` interface and its implementations (``engines.fx``: every
+  torch.ao / torch.fx import of the project);
+- ``tracing``: models that do not trace as a whole, quantized by submodules;
+- ``data``: model and data sources, batches of inputs;
+- ``measure``: evaluation, coverage, sensitivity, benchmark, gates;
+- ``ship``: verified TorchScript, the fastest correct form, rebuild bundles;
+- ``search``: accuracy-aware fallback, ranking of sweep candidates;
+- ``report``: the Markdown report and charts.
 """
 
-from quant.artifacts import TorchScriptArtifact, export_torchscript, load_torchscript
-from quant.benchmark import BenchmarkReport, LatencyStats, benchmark
-from quant.convert import ReferenceModel, convert, lower, reference_convert
-from quant.errors import (
+from quantstage.quant.calibrate import calibrate
+from quantstage.quant.config import (
+    ConvertCustomSpec,
+    ObserverSpec,
+    PrepareCustomSpec,
+    QConfigMappingSpec,
+    QConfigOverride,
+    QuantSpec,
+    load_spec,
+)
+from quantstage.quant.data import Dataset, DataSpec, ModelSource, check_inputs_fit, load_data
+from quantstage.quant.engines import Engine, engine_for, get_engine
+from quantstage.quant.engines.fx import (
+    ReferenceModel,
+    check_skips,
+    convert,
+    degenerate_ranges,
+    find_unused_skips,
+    load_qat_checkpoint,
+    lower,
+    prepare,
+    reference_convert,
+    save_qat_checkpoint,
+)
+from quantstage.quant.errors import (
     ArtifactError,
     ConversionError,
     DataError,
@@ -16,31 +50,58 @@ from quant.errors import (
     SpecError,
     TracingError,
 )
-from quant.coverage import CoverageReport, coverage_report
-from quant.evaluate import AccuracyReport, EvaluationSpec, evaluate, sqnr_db
-from quant.fallback import FallbackConfig, FallbackResult, search_fallback
-from quant.gates import GateResult, GatesConfig, check_gates
-from quant.prepare import calibrate, check_inputs_fit, degenerate_ranges, prepare
-from quant.qat import load_qat_checkpoint, save_qat_checkpoint
-from quant.qconfig import ObserverSpec, QConfigMappingSpec, QConfigOverride
-from quant.sensitivity import LayerSensitivity, layer_sensitivity
-from quant.skips import check_skips, find_unused_skips
-from quant.sources import DataSpec, Dataset, load_data
-from quant.spec import ConvertCustomSpec, PrepareCustomSpec, QuantSpec, load_spec
-from quant.variants import VariantResult, select_variant
+from quantstage.quant.measure import (
+    AccuracyReport,
+    BenchmarkReport,
+    Coverage,
+    CoverageReport,
+    EvaluationSpec,
+    GateResult,
+    GatesConfig,
+    LatencyStats,
+    LayerSensitivity,
+    benchmark,
+    check_gates,
+    evaluate,
+    sqnr_db,
+)
+from quantstage.quant.quantize import Prepared, Quantized, Referenced, prepare_model, quantize
+from quantstage.quant.search import FallbackConfig, FallbackResult, search_fallback
+from quantstage.quant.ship import (
+    TorchScriptArtifact,
+    VariantResult,
+    export_torchscript,
+    load_torchscript,
+    rebuild,
+    select_variant,
+)
+from quantstage.quant.tracing import SubmoduleCoverage, TracingPlan
 
 __all__ = [
-    # conversion (convert_fx, decomposed)
+    # the entry point and its steps
+    "Prepared",
+    "Quantized",
+    "Referenced",
+    "prepare_model",
+    "quantize",
+    # convert_fx, decomposed (FX engine)
     "ReferenceModel",
+    "calibrate",
     "convert",
     "lower",
+    "prepare",
     "reference_convert",
+    # engines
+    "Engine",
+    "engine_for",
+    "get_engine",
     # configuration
     "ConvertCustomSpec",
     "DataSpec",
     "EvaluationSpec",
     "FallbackConfig",
     "GatesConfig",
+    "ModelSource",
     "ObserverSpec",
     "PrepareCustomSpec",
     "QConfigMappingSpec",
@@ -50,31 +111,31 @@ __all__ = [
     # QAT input
     "load_qat_checkpoint",
     "save_qat_checkpoint",
-    # stages
+    # measurement and shipping
     "AccuracyReport",
     "BenchmarkReport",
+    "Coverage",
     "CoverageReport",
     "Dataset",
     "FallbackResult",
     "GateResult",
     "LatencyStats",
     "LayerSensitivity",
+    "SubmoduleCoverage",
     "TorchScriptArtifact",
+    "TracingPlan",
     "VariantResult",
     "benchmark",
-    "calibrate",
     "check_gates",
     "check_inputs_fit",
     "check_skips",
-    "coverage_report",
     "degenerate_ranges",
     "evaluate",
     "export_torchscript",
     "find_unused_skips",
-    "layer_sensitivity",
     "load_data",
     "load_torchscript",
-    "prepare",
+    "rebuild",
     "search_fallback",
     "select_variant",
     "sqnr_db",

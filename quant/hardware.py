@@ -31,7 +31,8 @@ def _cpuinfo() -> dict[str, str]:
 # int8 dot-product instructions: u8*s8 products accumulate straight into int32 (no int16
 # intermediate that saturates), so x86/fbgemm kernels are exact with full 8-bit activations.
 _INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-_REDUCE_RANGE_BACKENDS = ("x86", "fbgemm")
+# Backends whose x86 kernels multiply u8*s8 pairs into int16 (vpmaddubsw) without VNNI/AMX.
+_REDUCE_RANGE_BACKENDS = ("x86", "fbgemm", "onednn")
 
 
 def has_int8_dot_product() -> str | None:
@@ -46,8 +47,11 @@ def default_reduce_range(backend: str) -> tuple[bool, str]:
     torch's x86/fbgemm defaults observe 7-bit activations because AVX2/AVX-512 kernels without
     VNNI multiply u8*s8 pairs into int16 with saturation. On a CPU with VNNI/AMX they do not
     saturate, and 8-bit activations gain accuracy at no cost (ResNet-18 output SQNR 32.3 -> 36.0 dB,
-    bench/RESULTS.md). qnnpack/onednn always use 8 bits. A model converted here for a CPU
-    without VNNI should set ``observers.reduce_range: true`` explicitly.
+    bench/RESULTS.md). onednn's default is 8 bits, which saturates the same way on a CPU without
+    VNNI (torch warns so; a digits MLP measured 19.6 dB output SQNR on AVX2): it gets 7 bits there
+    too. qnnpack (no int16 intermediate) always uses 8 bits. The choice is the machine's: it is
+    part of the spec digest, and a model converted here for another CPU should set
+    ``observers.reduce_range`` explicitly.
     """
     if backend not in _REDUCE_RANGE_BACKENDS:
         return False, f"{backend}: 8-bit activations"

@@ -1,38 +1,48 @@
 """Prefect tasks, one module per pipeline stage; the only place that talks to MLflow."""
 
-from tasks.benchmark import benchmark_model
-from tasks.calibrate import calibrate, load_qat
-from tasks.coverage import measure_coverage
-from tasks.export import export_model, export_reference
-from tasks.fallback import fallback_search
-from tasks.load import fetch_file, load_data, load_model
-from tasks.lower import lower
-from tasks.reference_convert import reference_convert
-from tasks.report import publish_report
-from tasks.sensitivity import analyze_sensitivity
-from tasks.track import end_run, log_conversion, promote, register_model, start_run
-from tasks.train import train_digits
-from tasks.validate import validate_accuracy
+from quantstage.tasks.benchmark import benchmark_model
+from quantstage.tasks.calibrate import calibrate
+from quantstage.tasks.export import Shipped, export_model, export_reference
+from quantstage.tasks.fallback import fallback_search
+from quantstage.tasks.load import SourceModel, fetch_file, load_data, load_model, source_identity
+from quantstage.tasks.lower import lower
+from quantstage.tasks.publish import Publication, PublishRequest, publish
+from quantstage.tasks.record import ConversionRecord, conversion_record, lineage
+from quantstage.tasks.reference_convert import reference_convert
+from quantstage.tasks.registry import find_version_by_key, register_model
+from quantstage.tasks.report import publish_report
+from quantstage.tasks.sensitivity import analyze_sensitivity
+from quantstage.tasks.track import end_run, log_conversion, log_data_lineage, start_run
+from quantstage.tasks.train import train_digits
+from quantstage.tasks.validate import validate_accuracy
 
 __all__ = [
+    "ConversionRecord",
+    "Publication",
+    "PublishRequest",
+    "Shipped",
+    "SourceModel",
     "analyze_sensitivity",
     "benchmark_model",
     "calibrate",
+    "conversion_record",
     "end_run",
     "export_model",
     "export_reference",
     "fallback_search",
     "fetch_file",
+    "find_version_by_key",
+    "lineage",
     "load_data",
     "load_model",
-    "load_qat",
-    "measure_coverage",
     "log_conversion",
+    "log_data_lineage",
     "lower",
-    "promote",
+    "publish",
     "publish_report",
     "reference_convert",
     "register_model",
+    "source_identity",
     "start_run",
     "train_digits",
     "validate_accuracy",

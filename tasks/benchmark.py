@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from quant.artifacts import load_torchscript, to_torchscript
-from quant.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
-from quant.hardware import machine_info
-from quant.inputs import args_of, batch_len, head
-from quant.sources import Dataset
-from tasks._common import run_logger
-from tasks.report import artifact_key
+from quantstage.quant.data.inputs import args_of, batch_len, head
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.hardware import machine_info
+from quantstage.quant.measure.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
+from quantstage.quant.ship.torchscript import load_torchscript, to_torchscript
+from quantstage.tasks._common import run_logger
+from quantstage.tasks.report import artifact_key
 
 __all__ = ["benchmark_model"]
 
@@ -33,11 +34,13 @@ def benchmark_model(
     max_cv: float | None = 0.25,
     out_dir: str | None = None,
     name: str = "model",
-) -> tuple[list[BenchmarkReport], dict, str | None]:
+    headline_only: bool = False,
+) -> tuple[list[BenchmarkReport], dict[str, Any], str | None]:
     """Latency percentiles, throughput, speedup, sizes and peak memory for each batch size and
     thread count; the machine it ran on; a latency chart (PNG) when ``out_dir`` is given.
 
-    Default batch sizes: the data's batch size (the headline numbers), then 1.
+    Default batch sizes: the data's batch size (the headline numbers), then 1; ``headline_only``: the
+    first configuration alone (a sweep's screening).
 
     ``shipped`` is the shipped TorchScript file (or a module). From a file, every configuration
     times a freshly loaded copy, as a server loading the model sees it: a TorchScript module that
@@ -51,20 +54,31 @@ def benchmark_model(
     float_script, _ = to_torchscript(float_model.eval(), args_of(head(inputs, 1)))
     info = machine_info()
     logger.info("benchmarking on %s (%s), engine %s", info["cpu_model"], info["isa_int8"], info["quantized_engine"])
-    runs = [(b, t) for t in threads for b in batch_sizes]
+    runs = [(b, t) for t in threads for b in batch_sizes][: 1 if headline_only else None]
     reports = []
     for i, (batch_size, n_threads) in enumerate(runs, start=1):
         example = args_of(head(inputs, batch_size))
         model = load_torchscript(shipped) if isinstance(shipped, (str, Path)) else shipped
-        logger.info("benchmark %d/%d: batch %d, %d thread(s), %d calls each", i, len(runs), batch_size, n_threads, iterations)
+        logger.info(
+            "benchmark %d/%d: batch %d, %d thread(s), %d calls each", i, len(runs), batch_size, n_threads, iterations
+        )
         report = benchmark(
-            float_model, model, example,
-            iterations=iterations, num_threads=n_threads, max_cv=max_cv,
-            float_size_model=float_script, quant_size_model=model,
+            float_model,
+            model,
+            example,
+            iterations=iterations,
+            num_threads=n_threads,
+            max_cv=max_cv,
+            float_size_model=float_script,
+            quant_size_model=model,
         )
         logger.info(
             "batch %d, %d thread(s): float p50 %.3f ms, int8 p50 %.3f ms, speedup %.2fx%s",
-            report.batch_size, n_threads, report.float_latency.p50_ms, report.quant_latency.p50_ms, report.speedup,
+            report.batch_size,
+            n_threads,
+            report.float_latency.p50_ms,
+            report.quant_latency.p50_ms,
+            report.speedup,
             "" if report.stable else " (UNSTABLE: noisy machine)",
         )
         reports.append(report)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from tasks._common import run_logger
+from quantstage.tasks._common import run_logger
 
 __all__ = ["REGISTERED", "PROMOTED", "emit_model_event", "model_resource"]
 

@@ -1,26 +1,28 @@
-"""Export stage: the fastest correct TorchScript form, verified against the lowered model
-before anything is logged; and the reference model for compilers."""
+"""Export stage: the fastest correct deployable form, verified against the lowered model before
+anything is logged (a rebuild bundle when no form reproduces it); and the reference model for
+compilers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.artifacts import TorchScriptArtifact, export_torchscript
-from quant.convert import ReferenceModel, lower
-from quant.errors import ArtifactError
-from quant.inputs import args_of, head
-from quant.model_source import ModelSource
-from quant.rebuild import save_bundle
-from quant.sources import Dataset
-from quant.spec import QuantSpec
-from quant.variants import VariantResult, select_variant
-from tasks._common import run_logger
+from quantstage.quant.data.inputs import args_of, head
+from quantstage.quant.data.model_source import ModelSource
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import get_engine
+from quantstage.quant.errors import ArtifactError
+from quantstage.quant.quantize import Quantized
+from quantstage.quant.ship.rebuild import save_bundle
+from quantstage.quant.ship.torchscript import TorchScriptArtifact, export_torchscript
+from quantstage.quant.ship.variants import VariantResult
+from quantstage.tasks._common import run_logger
 
-__all__ = ["export_model", "export_rebuild", "export_reference"]
+__all__ = ["Shipped", "export_model", "export_reference"]
 
 _VERIFY_BATCHES = 4
 
@@ -30,50 +32,82 @@ def _verify_inputs(dataset: Dataset) -> list[tuple[torch.Tensor, ...]]:
     return batches + [args_of(head(dataset.evaluation[0][0], 1))]  # batch 1 too: the serving shape
 
 
-@task(name="export_model", cache_policy=NO_CACHE)
-def export_model(
-    quantized: torch.nn.Module, dataset: Dataset, out_dir: str, tolerance: float = 0.0
-) -> tuple[TorchScriptArtifact, list[VariantResult]]:
-    """Pick the fastest TorchScript form that reproduces ``quantized``, save it, load it back, verify it."""
-    logger = run_logger()
-    verify = _verify_inputs(dataset)
-    name, module, variants = select_variant(quantized, verify, tolerance=tolerance)
-    for v in variants:
-        logger.info(
-            "variant %-22s p50 %s ms, max abs diff %s%s",
-            v.name, "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}",
-            "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}", f" ({v.error})" if v.error else "",
-        )
-    artifact = export_torchscript(
-        module, Path(out_dir) / "model_int8.pt", verify, reference=quantized, tolerance=tolerance, method=name
-    )
-    logger.info("shipping %s, verified on %d batches: %s, %d bytes", name, len(verify), artifact.path, artifact.size_bytes)
-    return artifact, variants
+@dataclasses.dataclass
+class Shipped:
+    """What ships: a verified artifact (``artifact``), or a rebuild bundle folder (``bundle``) when
+    no deployable form reproduces the model (``why``); ``variants`` the forms tried."""
+
+    artifact: TorchScriptArtifact | None
+    bundle: str | None = None
+    variants: list[VariantResult] = dataclasses.field(default_factory=list)
+    why: str = ""
+
+    @property
+    def method(self) -> str:
+        return self.artifact.method if self.artifact is not None else "rebuild_bundle"
 
 
-@task(name="export_rebuild", cache_policy=NO_CACHE)
-def export_rebuild(
-    quantized: torch.nn.Module, dataset: Dataset, out_dir: str, spec: QuantSpec, source: ModelSource, tracing: str, why: str
-) -> str:
-    """When no TorchScript form reproduces the model: the factory + spec + quantized state_dict
-    that rebuild it (quant/rebuild.py), verified bit-exact by rebuilding; return the bundle folder."""
+def _bundle(quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelSource, why: str) -> str:
     if source.factory is None:
         raise ArtifactError(
-            f"{why}; a model that TorchScript cannot reproduce ships as a rebuild bundle, which needs a factory "
+            f"{why}; a model that no deployable form reproduces ships as a rebuild bundle, which needs a factory "
             f"source: give model: {{factory: 'package.module:callable', weights: ...}} instead of {source.label!r}"
         )
     bundle = save_bundle(
-        quantized, Path(out_dir) / "rebuild", factory=source.factory, kwargs=dict(source.kwargs), folder=source.folder,
-        spec=spec, tracing=tracing, verify_inputs=_verify_inputs(dataset), input_names=dataset.input_names,
+        quantized.model,
+        Path(out_dir) / "rebuild",
+        factory=source.factory,
+        kwargs=dict(source.kwargs),
+        folder=source.folder,
+        spec=quantized.spec,
+        tracing=quantized.tracing,
+        verify_inputs=_verify_inputs(dataset),
+        input_names=dataset.input_names,
     )
-    run_logger().warning("no TorchScript form reproduces the model (%s); shipping rebuild bundle %s", why[:300], bundle)
+    run_logger().warning("no deployable form reproduces the model (%s); shipping rebuild bundle %s", why[:300], bundle)
     return str(bundle)
 
 
+@task(name="export_model", cache_policy=NO_CACHE)
+def export_model(
+    quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelSource, tolerance: float = 0.0
+) -> Shipped:
+    """Pick the fastest deployable form that reproduces the model, save it, load it back, verify it;
+    when none does, the factory + spec + quantized state_dict that rebuild it, verified by rebuilding."""
+    logger = run_logger()
+    verify = _verify_inputs(dataset)
+    engine = get_engine(quantized.engine)
+    try:
+        artifact, variants = engine.ship(quantized.model, Path(out_dir) / "model_int8.pt", verify, tolerance=tolerance)
+    except ArtifactError as exc:
+        return Shipped(None, _bundle(quantized, dataset, out_dir, source, str(exc)), why=str(exc))
+    for v in variants:
+        logger.info(
+            "variant %-22s p50 %s ms, max abs diff %s%s",
+            v.name,
+            "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}",
+            "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}",
+            f" ({v.error})" if v.error else "",
+        )
+    logger.info(
+        "shipping %s, verified on %d batches: %s, %d bytes",
+        artifact.method,
+        len(verify),
+        artifact.path,
+        artifact.size_bytes,
+    )
+    return Shipped(artifact, variants=variants)
+
+
 @task(name="export_reference", cache_policy=NO_CACHE)
-def export_reference(reference: ReferenceModel, dataset: Dataset, out_dir: str) -> TorchScriptArtifact:
-    """Save the reference quantized model (before lowering) as verified TorchScript, for compilers."""
-    finalised = lower(reference, target="reference")
-    artifact = export_torchscript(finalised, Path(out_dir) / "reference" / "model_reference.pt", _verify_inputs(dataset))
+def export_reference(quantized: Quantized, dataset: Dataset, out_dir: str) -> TorchScriptArtifact | None:
+    """Save the whole model's reference quantized model (before lowering) as verified TorchScript,
+    for compilers; None on the submodule path (each part's reference code is logged instead)."""
+    if quantized.reference is None:
+        return None
+    finalised = get_engine(quantized.engine).reference_module(quantized.reference)
+    artifact = export_torchscript(
+        finalised, Path(out_dir) / "reference" / "model_reference.pt", _verify_inputs(dataset)
+    )
     run_logger().info("reference TorchScript (%s): %s, %d bytes", artifact.method, artifact.path, artifact.size_bytes)
     return artifact

@@ -14,13 +14,20 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.benchmark import benchmark
-from quant.fallback import FallbackConfig, FallbackResult, Trial, convert_and_check, search_fallback, spec_with_float_layers
-from quant.evaluate import EvaluationSpec
-from quant.gates import GatesConfig
-from quant.sources import Dataset
-from quant.spec import QuantSpec
-from tasks._common import run_logger
+from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.measure.benchmark import benchmark
+from quantstage.quant.measure.evaluate import EvaluationSpec
+from quantstage.quant.measure.gates import GatesConfig
+from quantstage.quant.search.fallback import (
+    FallbackConfig,
+    FallbackResult,
+    Trial,
+    convert_and_check,
+    search_fallback,
+    spec_with_float_layers,
+)
+from quantstage.tasks._common import run_logger
 
 __all__ = ["fallback_search"]
 
@@ -61,23 +68,29 @@ def fallback_search(
         trials_logged.append(nested.info.run_id)
         logger.info(
             "fallback trial %d: float %s -> accuracy drop %.4f, int8 p50 %.3f ms, %s",
-            number, list(float_layers) or "none", trial.accuracy_drop, latency, "pass" if trial.passed else "fail",
+            number,
+            list(float_layers) or "none",
+            trial.accuracy_drop,
+            latency,
+            "pass" if trial.passed else "fail",
         )
         return trial
 
     trials_logged: list[str] = []
     logger.info(
         "accuracy gate failed: searching up to %d float layers in at most %d evaluations over %d ranked layers",
-        config.max_float_layers, config.max_evaluations, len(ranking),
+        config.max_float_layers,
+        config.max_evaluations,
+        len(ranking),
     )
     result = search_fallback(ranking, evaluate, config)
     chosen_spec = spec_with_float_layers(spec, result.chosen.float_layers) if result.chosen else None
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metric("fallback_evaluations", result.evaluations)
-        if chosen_spec is not None:
-            mlflow.log_text(
-                "# Spec chosen by the accuracy-aware fallback: reproduces the result without searching.\n"
-                + yaml.safe_dump(chosen_spec.model_dump(mode="json"), sort_keys=False),
-                "fallback/spec.yaml",
-            )
+    client.log_metric(run_id, "fallback_evaluations", result.evaluations)
+    if chosen_spec is not None:
+        client.log_text(
+            run_id,
+            "# Spec chosen by the accuracy-aware fallback: reproduces the result without searching.\n"
+            + yaml.safe_dump(chosen_spec.model_dump(mode="json"), sort_keys=False),
+            "fallback/spec.yaml",
+        )
     return result, chosen_spec

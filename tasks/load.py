@@ -1,4 +1,5 @@
-"""Load stage: the float source model from MLflow and the calibration/evaluation data."""
+"""Load stage: the float source model (an MLflow URI, a factory + weights, or a trusted pickle), its identity,
+and the calibration/evaluation data."""
 
 from __future__ import annotations
 
@@ -14,16 +15,24 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.errors import SourceError
-from quant.model_source import ModelSource, build_from_factory, load_pickled_module, load_state_dict_file, load_weights
-from quant.prepare import check_inputs_fit
-from quant.sources import DataSpec, Dataset
-from quant.sources import load_data as build_data
-from tasks._common import io_retry_condition, run_logger
+from quantstage.quant.data.inputs import check_inputs_fit
+from quantstage.quant.data.model_source import (
+    ModelSource,
+    build_from_factory,
+    load_pickled_module,
+    load_state_dict_file,
+    load_weights,
+)
+from quantstage.quant.data.sources import Dataset, DataSpec
+from quantstage.quant.data.sources import load_data as build_data
+from quantstage.quant.errors import SourceError
+from quantstage.tasks._common import IO_RETRIES, run_logger
 
 __all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri", "source_identity"]
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
+
+
 def _not_found(exc: MlflowException) -> bool:
     """MLflow's answer for a name, version, alias or artifact that does not exist (not an I/O fault)."""
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
@@ -99,10 +108,15 @@ def _identity(source: ModelSource, weights_path: str | None = None) -> tuple[str
         parts["weights_sha256"] = _file_digest(source.weights)
     if source.folder and Path(source.folder).is_dir():
         parts["folder_digest"] = _folder_digest(source.folder)
-    return "source:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest(), None, None, None
+    return (
+        "source:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest(),
+        None,
+        None,
+        None,
+    )
 
 
-@task(name="source_identity", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+@task(name="source_identity", **IO_RETRIES)
 def source_identity(source: ModelSource) -> str:
     """What the source is right now: ``models:/<name>/<version>``, ``runs:/<id>`` or a digest of the
     factory, its kwargs and the weights/folder/pickle files (equal identities, same float model)."""
@@ -125,7 +139,7 @@ def _load_uri(model_uri: str) -> torch.nn.Module:
     return model
 
 
-@task(name="load_model", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+@task(name="load_model", **IO_RETRIES)
 def load_model(source: str | ModelSource) -> SourceModel:
     """Load the float source model: an MLflow model URI, a factory (+ weights), or a trusted pickle."""
     logger = run_logger()
@@ -135,20 +149,30 @@ def load_model(source: str | ModelSource) -> SourceModel:
         identity, name, version, run_id = _identity(source)
         model = _load_uri(source.uri)
         logger.info("loaded %s (%s, version %s)", source.uri, type(model).__name__, version)
-        return SourceModel(model=model.eval(), uri=source.uri, name=name, version=version, run_id=run_id, identity=identity)
+        return SourceModel(
+            model=model.eval(), uri=source.uri, name=name, version=version, run_id=run_id, identity=identity
+        )
     if source.path is not None:
         model = load_pickled_module(_local(source.path), source.trust_pickle)
         logger.warning("loaded %s by unpickling it (trust_pickle: true)", source.path)
-        return SourceModel(model=model.eval(), uri=source.path, name=None, version=None, run_id=None,
-                           identity=_identity(source)[0])
+        return SourceModel(
+            model=model.eval(), uri=source.path, name=None, version=None, run_id=None, identity=_identity(source)[0]
+        )
     model = build_from_factory(source.factory or "", source.kwargs, source.folder)
     weights_path = None
     if source.weights:
         weights_path = _local(source.weights)
         load_weights(model, load_state_dict_file(weights_path), source.weights, strict=source.strict)
     identity = _identity(source, weights_path)[0]
-    logger.info("built %s from %s%s", type(model).__name__, source.factory, f" with weights {source.weights}" if source.weights else "")
-    return SourceModel(model=model.eval(), uri=source.factory or "", name=None, version=None, run_id=None, identity=identity)
+    logger.info(
+        "built %s from %s%s",
+        type(model).__name__,
+        source.factory,
+        f" with weights {source.weights}" if source.weights else "",
+    )
+    return SourceModel(
+        model=model.eval(), uri=source.factory or "", name=None, version=None, run_id=None, identity=identity
+    )
 
 
 def _local(uri: str) -> str:
@@ -163,19 +187,23 @@ def load_data(data: DataSpec, model: torch.nn.Module) -> Dataset:
     check_inputs_fit(model, dataset.example_inputs, dataset.input_names)
     run_logger().info(
         "data %s: %d calibration batches, %d evaluation samples",
-        data.source, len(dataset.calibration), dataset.num_eval_samples,
+        data.source,
+        len(dataset.calibration),
+        dataset.num_eval_samples,
     )
     return dataset
 
 
-@task(name="fetch_file", retries=2, retry_delay_seconds=2, retry_condition_fn=io_retry_condition, cache_policy=NO_CACHE)
+@task(name="fetch_file", **IO_RETRIES)
 def fetch_file(uri: str) -> str:
     """A local path for ``uri``: a local file as is, an MLflow artifact URI downloaded."""
     from pathlib import Path
 
     if "://" not in uri and ":/" not in uri:
         if not Path(uri).is_file():
-            raise SourceError(f"file {uri!r} does not exist; give a local path or an MLflow artifact URI (runs:/<id>/<path>)")
+            raise SourceError(
+                f"file {uri!r} does not exist; give a local path or an MLflow artifact URI (runs:/<id>/<path>)"
+            )
         return uri
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)

@@ -1,25 +1,27 @@
-"""Lower stage: reference model → the backend's native quantized ops."""
+"""Lower stage: reference model → the backend's native quantized ops; what ended quantized."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from torch.fx import GraphModule
 
-from quant.convert import ReferenceModel
-from quant.convert import lower as lower_reference
-from quant.spec import QuantSpec
-from tasks._common import run_logger
+from quantstage.quant.quantize import Quantized, Referenced
+from quantstage.tasks._common import run_logger
 
 __all__ = ["lower"]
 
 
 @task(name="lower", cache_policy=NO_CACHE)
-def lower(reference: ReferenceModel, spec: QuantSpec) -> GraphModule:
-    """Lower the reference model to native quantized ops (fbgemm/x86/qnnpack/onednn)."""
-    quantized = lower_reference(reference, **spec.lower_kwargs())
-    if spec.target == "native":
-        run_logger().info("lowered to native %s ops", spec.backend)
+def lower(referenced: Referenced) -> Quantized:
+    """Lower the reference model to native quantized ops (fbgemm/x86/qnnpack/onednn) and measure its coverage."""
+    quantized = referenced.lower()
+    logger = run_logger()
+    if quantized.spec.target == "native":
+        logger.info("lowered to native %s ops", quantized.spec.backend)
     else:
-        run_logger().info("target 'reference': shipping the reference model, not lowered")
+        logger.info("target 'reference': shipping the reference model, not lowered")
+    coverage = quantized.coverage
+    (logger.warning if coverage.quantizes_nothing else logger.info)(
+        "coverage: %s", coverage.summary().replace("\n", " ")
+    )
     return quantized

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import mlflow
 import numpy as np
 import torch
+from mlflow.pyfunc.model import PythonModel
 
 __all__ = ["RebuildModel"]
 
 
-class RebuildModel(mlflow.pyfunc.PythonModel):
+class RebuildModel(PythonModel):
     """pyfunc wrapper of a rebuild bundle (quant/rebuild.py): ``predict`` takes one array, or a
     dict of arrays named after ``forward``'s arguments; needs quantstage and the factory importable."""
 
@@ -20,14 +21,15 @@ class RebuildModel(mlflow.pyfunc.PythonModel):
     # express; the logged signature (tensor specs) documents the inputs instead
     _skip_type_hint_validation = True
 
-    def load_context(self, context):  # noqa: ANN001, ANN201 - MLflow's interface
-        from quant.rebuild import rebuild
+    def load_context(self, context: Any) -> None:
+        from quantstage.quant.ship.rebuild import rebuild
 
         bundle = context.artifacts["bundle"]
         self.model = rebuild(bundle)
         self.names = json.loads((Path(bundle) / "rebuild.json").read_text())["input_names"]
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow's interface
+    # no annotations: MLflow infers a signature from predict's type hints (the logged one is better)
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         if isinstance(model_input, dict):
             args = [torch.as_tensor(np.asarray(model_input[n])) for n in self.names]
         else:

@@ -7,11 +7,10 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.models import DigitsCNN
-from quant.sources import digits_split
-from quant.train import train_classifier
-from tasks._common import run_logger
-from tasks.track import experiment_id, log_pytorch_model
+from quantstage.demo import DigitsCNN, train_classifier
+from quantstage.quant.data.sources import digits_split
+from quantstage.tasks._common import run_logger
+from quantstage.tasks.track import experiment_id, log_pytorch_model
 
 __all__ = ["train_digits"]
 

@@ -6,9 +6,9 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quant.evaluate import AccuracyReport, EvaluationSpec, evaluate
-from quant.sources import Dataset
-from tasks._common import run_logger
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.measure.evaluate import AccuracyReport, EvaluationSpec, evaluate
+from quantstage.tasks._common import run_logger
 
 __all__ = ["validate_accuracy"]
 

@@ -48,6 +48,6 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def digits_source(mlflow_store: str, prefect_harness: None) -> str:
     """The demo's training flow, run once: DigitsCNN registered as digits-cnn@champion."""
-    from flows.train_demo import train_demo
+    from quantstage.flows.train_demo import train_demo
 
     return train_demo(epochs=3)

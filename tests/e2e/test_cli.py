@@ -11,9 +11,10 @@ import mlflow
 import pytest
 import torch
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, main
+from quantstage.flows.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, main
 from tests.conftest import REPO_ROOT
-from tests.helpers import Flat100, GatedNet, register
+from tests.helpers import register
+from tests.models import Flat100, GatedNet
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -33,8 +34,10 @@ def test_console_script_rejects_unknown_backend_without_traceback() -> None:
     """The installed entry point, in a fresh process: one line, no traceback, exit 2."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "convert", "models:/x@champion", "--backend", "arm"],
-        capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "quantstage.flows.cli", "convert", "models:/x@champion", "--backend", "arm"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == EXIT_BAD_INPUT
     lines = proc.stderr.strip().splitlines()
@@ -47,15 +50,36 @@ def test_console_script_rejects_unknown_backend_without_traceback() -> None:
     ("argv", "pattern"),
     [
         (["convert", "digits-cnn"], r"model_uri 'digits-cnn' is not of a supported form; use models:/"),
-        (["convert", "models:/m@a", "--mode", "int4"], r"spec\.mode: .*'static', 'dynamic', 'float16' or 'qat'.*'int4'"),
-        (["convert", "models:/m@a", "--calibration-batches", "0"], r"spec\.calibration_batches: .*greater than or equal to 1"),
+        (
+            ["convert", "models:/m@a", "--mode", "int4"],
+            r"spec\.mode: .*'static', 'dynamic', 'float16' or 'qat'.*'int4'",
+        ),
+        (
+            ["convert", "models:/m@a", "--calibration-batches", "0"],
+            r"spec\.calibration_batches: .*greater than or equal to 1",
+        ),
         (["convert", "models:/m@a", "--skip-object-type", "torch.nn.Lineer"], r"cannot resolve 'torch\.nn\.Lineer'"),
         (["convert", "--config", "/nonexistent/params.yaml"], r"config file '/nonexistent/params.yaml' does not exist"),
         (["convert"], r"no model given; pass MODEL_URI"),
-        (["convert", "models:/m@a", "--spec", "/nonexistent/spec.yaml"], r"spec file '/nonexistent/spec.yaml' does not exist"),
-        (["convert", "models:/m@a", "--spec", str(REPO_ROOT / "deploy/specs/float16.yaml"), "--backend", "arm"], r"spec\.backend: .*'arm'"),
+        (
+            ["convert", "models:/m@a", "--spec", "/nonexistent/spec.yaml"],
+            r"spec file '/nonexistent/spec.yaml' does not exist",
+        ),
+        (
+            ["convert", "models:/m@a", "--spec", str(REPO_ROOT / "deploy/specs/float16.yaml"), "--backend", "arm"],
+            r"spec\.backend: .*'arm'",
+        ),
     ],
-    ids=["uri-form", "mode", "calibration-batches", "object-type", "config-missing", "no-uri", "spec-missing", "spec-override"],
+    ids=[
+        "uri-form",
+        "mode",
+        "calibration-batches",
+        "object-type",
+        "config-missing",
+        "no-uri",
+        "spec-missing",
+        "spec-override",
+    ],
 )
 def test_bad_parameters(capsys: pytest.CaptureFixture[str], argv: list[str], pattern: str) -> None:
     code, line = _run(capsys, *argv)
@@ -102,13 +126,26 @@ def test_untraceable_model_names_module(mlflow_store: str, prefect_harness: None
     code, out, _ = _run_out(capsys, "convert", uri, "--max-accuracy-drop", "1")
     assert code == 0, out[-1500:]
     run_id = mlflow.MlflowClient().get_model_version_by_alias("gated-net-int8", "champion").run_id
-    assert mlflow.get_run(run_id).data.params["resolved.tracing"].startswith("submodules (torch.fx cannot symbolically trace")
+    assert (
+        mlflow.get_run(run_id)
+        .data.params["resolved.tracing"]
+        .startswith("submodules (torch.fx cannot symbolically trace")
+    )
 
 
 @pytest.mark.flow
 def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None:
-    code, out, _ = _run_out(capsys, "convert", "models:/digits-cnn@champion", "--registered-name", "digits-cli",
-                            "--backend", "qnnpack", "--max-accuracy-drop", "0.05")
+    code, out, _ = _run_out(
+        capsys,
+        "convert",
+        "models:/digits-cnn@champion",
+        "--registered-name",
+        "digits-cli",
+        "--backend",
+        "qnnpack",
+        "--max-accuracy-drop",
+        "0.05",
+    )
     assert code == 0
     assert "speedup" in out and "top-1 accuracy" in out
     assert "models:/digits-cli/1 (promoted: True)" in out
@@ -116,8 +153,7 @@ def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None
 
     config = tmp_path / "strict.yaml"
     config.write_text(
-        "model_uri: models:/digits-cnn@champion\nregistered_name: digits-cli\n"
-        "gates:\n  min_output_sqnr_db: 500\n"
+        "model_uri: models:/digits-cnn@champion\nregistered_name: digits-cli\ngates:\n  min_output_sqnr_db: 500\n"
     )
     code, line = _run(capsys, "convert", "--config", str(config))
     assert code == EXIT_GATE_FAILED

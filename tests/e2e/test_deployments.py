@@ -50,7 +50,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     prefect_port, mlflow_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {
-        "QUANTSTAGE_STACK_DIR": str(state), "PREFECT_PORT": str(prefect_port), "MLFLOW_PORT": str(mlflow_port),
+        "QUANTSTAGE_STACK_DIR": str(state),
+        "PREFECT_PORT": str(prefect_port),
+        "MLFLOW_PORT": str(mlflow_port),
         "QUANTSTAGE_BIN": str(Path(sys.executable).parent),
     }
     client_env = env | {
@@ -70,14 +72,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         _kill_groups(state)
 
 
-def _prefect(env: dict, path: str, body: dict | None = None):  # noqa: ANN202
+def _prefect(env: dict, path: str, body: dict | None = None):
     url = env["PREFECT_API_URL"] + path
     r = httpx.post(url, json=body or {}, timeout=30) if body is not None else httpx.get(url, timeout=30)
     r.raise_for_status()
     return r.json()
 
 
-def _mlflow(env: dict, path: str, **params):  # noqa: ANN202
+def _mlflow(env: dict, path: str, **params):
     r = httpx.get(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/" + path, params=params, timeout=30)
     r.raise_for_status()
     return r.json()
@@ -85,7 +87,9 @@ def _mlflow(env: dict, path: str, **params):  # noqa: ANN202
 
 def _runs_of(env: dict, deployment: str) -> list[dict]:
     dep = _prefect(env, f"/deployments/name/convert/{deployment}")
-    return _prefect(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "sort": "START_TIME_ASC"})
+    return _prefect(
+        env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "sort": "START_TIME_ASC"}
+    )
 
 
 def _wait_terminal(env: dict, deployments: list[str], count: int, timeout: float) -> list[dict]:
@@ -95,7 +99,9 @@ def _wait_terminal(env: dict, deployments: list[str], count: int, timeout: float
         done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
         if len(done) >= count:
             return done
-        assert time.monotonic() < deadline, f"waited {timeout}s for {count} run(s) of {deployments}: {[(r['name'], r['state_type']) for r in runs]}"
+        assert time.monotonic() < deadline, (
+            f"waited {timeout}s for {count} run(s) of {deployments}: {[(r['name'], r['state_type']) for r in runs]}"
+        )
         time.sleep(1)
 
 
@@ -104,8 +110,10 @@ def _ts(value: str) -> datetime:
 
 
 def _versions(env: dict, name: str) -> list[dict]:
-    return sorted(_mlflow(env, "model-versions/search", filter=f"name='{name}'").get("model_versions", []),
-                  key=lambda v: int(v["version"]))
+    return sorted(
+        _mlflow(env, "model-versions/search", filter=f"name='{name}'").get("model_versions", []),
+        key=lambda v: int(v["version"]),
+    )
 
 
 def _tags(version: dict) -> dict[str, str]:
@@ -119,8 +127,12 @@ def test_deployments_end_to_end(stack: dict) -> None:
 
     # (1) training against the server: the triggers start conversions by themselves
     subprocess.run(
-        [sys.executable, "-c", "from flows.train_demo import train_demo; train_demo(epochs=2)"],
-        env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=120,
+        [sys.executable, "-c", "from quantstage.flows.train_demo import train_demo; train_demo(epochs=2)"],
+        env=env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     trained = _prefect(env, "/flow_runs/filter", {"flows": {"name": {"any_": ["train_demo"]}}})
     assert len(trained) == 1 and trained[0]["state_type"] == "COMPLETED"
@@ -129,8 +141,10 @@ def test_deployments_end_to_end(stack: dict) -> None:
     trained_end = _ts(trained[0]["end_time"])
     created = min(_ts(r["created"]) for r in triggered)
     first_start = min(_ts(r["start_time"]) for r in triggered)
-    print(f"\ntrigger latency: train_demo completed -> triggered run created {(created - trained_end).total_seconds():.1f}s, "
-          f"-> running {(first_start - trained_end).total_seconds():.1f}s")
+    print(
+        f"\ntrigger latency: train_demo completed -> triggered run created {(created - trained_end).total_seconds():.1f}s, "
+        f"-> running {(first_start - trained_end).total_seconds():.1f}s"
+    )
     # both triggers fired for the same source version: the idempotency key lets exactly one register
     versions = _versions(env, "digits-cnn-int8")
     assert len(versions) == 1, versions
@@ -138,13 +152,27 @@ def test_deployments_end_to_end(stack: dict) -> None:
     assert tags["source_version"] == "1" and tags["gates_passed"] == "true" and tags["promoted"] == "true"
     assert len(tags["idempotency_key"]) == 64 and tags["flow_run_url"].startswith("http://127.0.0.1:")
     assert tags["torch_version"].startswith("2.13.0") and tags["backend"] == "x86"
-    aliases = {a["alias"]: a["version"] for a in _mlflow(env, "registered-models/get", name="digits-cnn-int8")["registered_model"].get("aliases", [])}
+    aliases = {
+        a["alias"]: a["version"]
+        for a in _mlflow(env, "registered-models/get", name="digits-cnn-int8")["registered_model"].get("aliases", [])
+    }
     assert aliases == {"champion": "1"}
 
     # (2) a manual deployment run through the CLI, waited on
     params = json.dumps({"model_uri": "models:/digits-cnn@champion", "registered_name": "digits-manual", **FAST})
-    run = [sys.executable, "-m", "prefect", "deployment", "run", "convert/manual", "--param", f"params={params}",
-           "--watch", "--watch-timeout", "150"]
+    run = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "deployment",
+        "run",
+        "convert/manual",
+        "--param",
+        f"params={params}",
+        "--watch",
+        "--watch-timeout",
+        "150",
+    ]
     out = subprocess.run(run, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     manual = _runs_of(env, "manual")
@@ -163,14 +191,16 @@ def test_deployments_end_to_end(stack: dict) -> None:
     script = textwrap.dedent(
         """
         import json, mlflow, torch
-        from quant.sources import digits_split
+        from quantstage.quant.data.sources import digits_split
         _, _, x, y = digits_split()
         q = mlflow.pytorch.load_model("models:/digits-cnn-int8@champion")
         with torch.no_grad():
             print(json.dumps({"type": type(q).__name__, "acc": (q(x).argmax(-1) == y).float().mean().item()}))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["type"] == "RecursiveScriptModule" and loaded["acc"] > 0.8, loaded
     print(f"e2e body: {time.monotonic() - began:.1f}s")

@@ -92,10 +92,16 @@ def pg_stack(postgres: dict, tmp_path_factory: pytest.TempPathFactory):
     """deploy/stack.sh with both servers on the PostgreSQL above; yields the client environment."""
     state = tmp_path_factory.mktemp("pgstack")
     prefect_port, mlflow_port = _free_port(), _free_port()
-    env = _clean_env() | postgres["urls"] | {
-        "QUANTSTAGE_STACK_DIR": str(state), "PREFECT_PORT": str(prefect_port), "MLFLOW_PORT": str(mlflow_port),
-        "QUANTSTAGE_BIN": str(Path(sys.executable).parent),
-    }
+    env = (
+        _clean_env()
+        | postgres["urls"]
+        | {
+            "QUANTSTAGE_STACK_DIR": str(state),
+            "PREFECT_PORT": str(prefect_port),
+            "MLFLOW_PORT": str(mlflow_port),
+            "QUANTSTAGE_BIN": str(Path(sys.executable).parent),
+        }
+    )
     client_env = _clean_env() | {
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_HOME": str(state / "prefect-client"),
@@ -119,7 +125,9 @@ def _disable_automations(env: dict) -> int:
     conversion is the one this test runs itself; test_deployments.py covers the triggers."""
     automations = _prefect(env, "/automations/filter", {})
     for automation in automations:
-        httpx.patch(f"{env['PREFECT_API_URL']}/automations/{automation['id']}", json={"enabled": False}, timeout=30).raise_for_status()
+        httpx.patch(
+            f"{env['PREFECT_API_URL']}/automations/{automation['id']}", json={"enabled": False}, timeout=30
+        ).raise_for_status()
     return len(automations)
 
 
@@ -131,15 +139,17 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
     script = textwrap.dedent(
         """
         import json
-        from flows.convert import ConvertParams, convert_flow
-        from flows.train_demo import train_demo
+        from quantstage.flows.convert import ConvertParams, convert_flow
+        from quantstage.flows.train_demo import train_demo
         source = train_demo(epochs=2)
         result = convert_flow(ConvertParams(model_uri="models:/digits-cnn@champion", benchmark_iterations=5, sensitivity=False))
         print(json.dumps({"source": source, "run_id": result.run_id, "version": result.version,
                           "promoted": result.promoted, "skipped": result.skipped, "reason": result.reason}))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["source"] == "models:/digits-cnn/1" and result["version"] == "1", result
@@ -147,7 +157,9 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
     flows_done = time.monotonic()
 
     # (2) the Prefect server's state is in PostgreSQL: the two flow runs, completed
-    runs = query("prefect", "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id ORDER BY r.created")
+    runs = query(
+        "prefect", "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id ORDER BY r.created"
+    )
     assert [(name, str(state)) for name, state in runs] == [("train_demo", "COMPLETED"), ("convert", "COMPLETED")], runs
     assert not list(Path(env["QUANTSTAGE_STACK_DIR"]).rglob("*.db")), "a SQLite database was created"
     assert sorted(r["id"] for r in _prefect(env, "/flow_runs/filter", {})) == sorted(
@@ -156,9 +168,13 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
 
     # (3) MLflow's registry is in PostgreSQL: both models, the versions, the alias
     assert {n for (n,) in query("mlflow", "SELECT name FROM registered_models")} == {"digits-cnn", "digits-cnn-int8"}
-    assert sorted(query("mlflow", "SELECT name, version FROM model_versions")) == [("digits-cnn", 1), ("digits-cnn-int8", 1)]
+    assert sorted(query("mlflow", "SELECT name, version FROM model_versions")) == [
+        ("digits-cnn", 1),
+        ("digits-cnn-int8", 1),
+    ]
     assert sorted(query("mlflow", "SELECT name, alias, version FROM registered_model_aliases")) == [
-        ("digits-cnn", "champion", 1), ("digits-cnn-int8", "champion", 1),
+        ("digits-cnn", "champion", 1),
+        ("digits-cnn-int8", "champion", 1),
     ]
     assert query("mlflow", f"SELECT status FROM runs WHERE run_uuid = '{result['run_id']}'") == [("FINISHED",)]
 
@@ -174,7 +190,7 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
     load = textwrap.dedent(
         """
         import json, mlflow, torch
-        from quant.sources import digits_split
+        from quantstage.quant.data.sources import digits_split
         _, _, x, y = digits_split()
         q = mlflow.pytorch.load_model("models:/digits-cnn-int8@champion")
         with torch.no_grad():
@@ -184,8 +200,12 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
     bare = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     bare |= {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PYTHONPATH": str(REPO_ROOT)}
     with tempfile.TemporaryDirectory() as cwd:
-        out = subprocess.run([sys.executable, "-c", load], env=bare, cwd=cwd, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", load], env=bare, cwd=cwd, capture_output=True, text=True, timeout=120
+        )
     assert out.returncode == 0, out.stderr[-4000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["type"] == "RecursiveScriptModule" and loaded["acc"] >= 0.9, loaded
-    print(f"flows {flows_done - began:.1f}s, checks + load {time.monotonic() - flows_done:.1f}s, accuracy {loaded['acc']:.4f}")
+    print(
+        f"flows {flows_done - began:.1f}s, checks + load {time.monotonic() - flows_done:.1f}s, accuracy {loaded['acc']:.4f}"
+    )

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 from prefect.artifacts import Artifact
 
-from flows.convert import ConvertParams, GateFailure, convert_flow
-from quant.gates import GatesConfig
+from quantstage.flows.convert import ConvertParams, GateFailure, convert_flow
+from quantstage.quant.measure.gates import GatesConfig
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.flow
@@ -46,8 +46,17 @@ def test_flow_logs_run(converted) -> None:
     assert run.data.params["spec.backend"] == "x86"
     assert run.data.params["source_uri"] == "models:/digits-cnn@champion"
     metrics = run.data.metrics
-    for key in ("float_accuracy", "int8_accuracy", "agreement", "output_sqnr_db", "speedup",
-                "float_latency_p50_ms", "int8_latency_p99_ms", "float_size_bytes", "int8_size_bytes"):
+    for key in (
+        "float_accuracy",
+        "int8_accuracy",
+        "agreement",
+        "output_sqnr_db",
+        "speedup",
+        "float_latency_p50_ms",
+        "int8_latency_p99_ms",
+        "float_size_bytes",
+        "int8_size_bytes",
+    ):
         assert key in metrics, f"metric {key} missing from {sorted(metrics)}"
     assert metrics["float_accuracy"] - metrics["int8_accuracy"] <= 0.01
     assert metrics["output_sqnr_db"] >= 20, f"SQNR {metrics['output_sqnr_db']} dB is too low"
@@ -89,7 +98,7 @@ def test_registered_model_loads_in_new_process(converted, mlflow_store: str) -> 
     script = textwrap.dedent(
         """
         import json, mlflow, torch
-        from quant.sources import digits_split
+        from quantstage.quant.data.sources import digits_split
         _, _, x, y = digits_split()
         q = mlflow.pytorch.load_model("models:/digits-cnn-int8@champion")
         f = mlflow.pytorch.load_model("models:/digits-cnn@champion")
@@ -129,13 +138,12 @@ def test_failed_gate_fails_flow_and_keeps_alias(converted) -> None:
 
 def test_qat_checkpoint_converts_without_calibration(converted, tmp_path) -> None:
     """A model QAT-trained elsewhere (prepare_qat_fx + fine-tuning) is converted from its checkpoint."""
-    import torch
 
-    from quant.prepare import prepare
-    from quant.qat import save_qat_checkpoint
-    from quant.sources import digits_split
-    from quant.spec import QuantSpec
-    from quant.train import train_classifier
+    from quantstage.demo import train_classifier
+    from quantstage.quant.config.spec import QuantSpec
+    from quantstage.quant.data.sources import digits_split
+    from quantstage.quant.engines.fx.prepare import prepare
+    from quantstage.quant.engines.fx.qat import save_qat_checkpoint
 
     float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
     x_train, y_train, _, _ = digits_split()
@@ -161,11 +169,11 @@ def test_qat_checkpoint_converts_without_calibration(converted, tmp_path) -> Non
 
 
 def test_qat_checkpoint_with_conflicting_spec_is_refused(converted, tmp_path) -> None:
-    from quant.errors import SpecError
-    from quant.prepare import prepare
-    from quant.qat import save_qat_checkpoint
-    from quant.sources import digits_split
-    from quant.spec import QuantSpec
+    from quantstage.quant.config.spec import QuantSpec
+    from quantstage.quant.data.sources import digits_split
+    from quantstage.quant.engines.fx.prepare import prepare
+    from quantstage.quant.engines.fx.qat import save_qat_checkpoint
+    from quantstage.quant.errors import SpecError
 
     float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
     x_train, _, _, _ = digits_split()
@@ -173,8 +181,10 @@ def test_qat_checkpoint_with_conflicting_spec_is_refused(converted, tmp_path) ->
     checkpoint = save_qat_checkpoint(prepare(float_model, (x_train[:8],), spec), spec, tmp_path / "qat.pt")
     state = convert_flow(
         ConvertParams(
-            model_uri="models:/digits-cnn@champion", qat_checkpoint=str(checkpoint),
-            spec=QuantSpec(backend="fbgemm"), benchmark_iterations=5,
+            model_uri="models:/digits-cnn@champion",
+            qat_checkpoint=str(checkpoint),
+            spec=QuantSpec(backend="fbgemm"),
+            benchmark_iterations=5,
         ),
         return_state=True,
     )
@@ -191,10 +201,14 @@ def test_spec_that_quantizes_nothing_fails_its_gate(converted) -> None:
         benchmark_iterations=5,
     )
     state = convert_flow(params, return_state=True)
-    with pytest.raises(GateFailure, match=r"the spec quantized nothing: no weighted layer ended as a quantized op \(0/5"):
+    with pytest.raises(
+        GateFailure, match=r"the spec quantized nothing: no weighted layer ended as a quantized op \(0/5"
+    ):
         state.result()
     client = mlflow.MlflowClient()
     version = client.search_model_versions("name='digits-cnn-nothing'")[0]
-    coverage = json.loads(open(client.download_artifacts(version.tags["mlflow_run_id"], "coverage/coverage.json")).read())
+    coverage = json.loads(
+        open(client.download_artifacts(version.tags["mlflow_run_id"], "coverage/coverage.json")).read()
+    )
     rows = [dict(zip(coverage["columns"], row)) for row in coverage["data"]]
     assert rows and all(r["status"] == "float" for r in rows)

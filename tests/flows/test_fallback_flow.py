@@ -7,11 +7,12 @@ import pytest
 import torch
 import yaml
 
-from flows.convert import ConvertParams, GateFailure, convert_flow
-from quant.fallback import FallbackConfig
-from quant.gates import GatesConfig
-from quant.spec import QuantSpec
-from tests.helpers import register, sensitive_digits_mlp
+from quantstage.flows.convert import ConvertParams, GateFailure, convert_flow
+from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.measure.gates import GatesConfig
+from quantstage.quant.search.fallback import FallbackConfig
+from tests.helpers import register
+from tests.models import sensitive_digits_mlp
 
 pytestmark = pytest.mark.flow
 
@@ -22,9 +23,7 @@ def sensitive_uri(mlflow_store: str, prefect_harness: None) -> str:
 
 
 def _params(uri: str, **kwargs) -> ConvertParams:
-    return ConvertParams(
-        model_uri=uri, gates=GatesConfig(max_accuracy_drop=0.02), benchmark_iterations=5, **kwargs
-    )
+    return ConvertParams(model_uri=uri, gates=GatesConfig(max_accuracy_drop=0.02), benchmark_iterations=5, **kwargs)
 
 
 def test_without_fallback_the_gate_fails(sensitive_uri: str) -> None:
@@ -42,9 +41,7 @@ def test_fallback_keeps_the_sensitive_layer_float(sensitive_uri: str) -> None:
     run = client.get_run(result.run_id)
     evaluations = int(run.data.metrics["fallback_evaluations"])
     assert evaluations < 8, f"{evaluations} evaluations for 8 Linear layers"
-    trials = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
-    )
+    trials = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(trials) == evaluations
     assert all({"accuracy_drop", "int8_latency_p50_ms", "passed"} <= set(t.data.metrics) for t in trials)
     assert any(t.data.params["float_layers"] == "layers.3" and t.data.metrics["passed"] == 1.0 for t in trials)
@@ -59,11 +56,18 @@ def test_fallback_keeps_the_sensitive_layer_float(sensitive_uri: str) -> None:
 
 
 def test_fallback_that_cannot_pass_reports_best_trial(sensitive_uri: str) -> None:
+    """Also: the fallback runs with sensitivity off (it measures the ranking it needs)."""
     fallback = FallbackConfig(enabled=True, max_float_layers=1, max_evaluations=3)
     params = ConvertParams(
-        model_uri=sensitive_uri, registered_name="sensitive-hopeless", fallback=fallback,
-        gates=GatesConfig(max_accuracy_drop=0.0, min_agreement=1.0), benchmark_iterations=5,
+        model_uri=sensitive_uri,
+        registered_name="sensitive-hopeless",
+        fallback=fallback,
+        sensitivity=False,
+        gates=GatesConfig(max_accuracy_drop=0.0, min_agreement=1.0),
+        benchmark_iterations=5,
     )
     state = convert_flow(params, return_state=True)
-    with pytest.raises(GateFailure, match=r"the fallback ran \d trial\(s\) and none passed, best: float \['layers\.3'\]"):
+    with pytest.raises(
+        GateFailure, match=r"the fallback ran \d trial\(s\) and none passed, best: float \['layers\.3'\]"
+    ):
         state.result()

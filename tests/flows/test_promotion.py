@@ -9,8 +9,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
-from flows.convert import ConvertParams, convert_flow
-from quant.spec import QuantSpec
+from quantstage.flows.convert import ConvertParams, convert_flow
+from quantstage.quant.config.spec import QuantSpec
 
 pytestmark = pytest.mark.flow
 
@@ -19,13 +19,16 @@ NAME = "digits-cnn-promo"
 
 def _params(**kwargs) -> ConvertParams:
     return ConvertParams(
-        model_uri="models:/digits-cnn@champion", registered_name=NAME, sensitivity=False, benchmark_iterations=5,
+        model_uri="models:/digits-cnn@champion",
+        registered_name=NAME,
+        sensitivity=False,
+        benchmark_iterations=5,
         **kwargs,
     )
 
 
 def _events(name: str) -> list:
-    async def read():  # noqa: ANN202
+    async def read():
         async with get_client() as client:
             page = await client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=50)
             return page.events
@@ -114,5 +117,8 @@ def test_events_emitted(first) -> None:
     event = next(e for e in promoted if e.resource.id == f"mlflow.model.{NAME}.{first.version}")
     assert event.payload["model_uri"] == f"models:/{NAME}/{first.version}" and event.payload["alias"] == "champion"
     registered = _events("quantstage.model.registered")
-    assert any(e.resource.id.startswith("mlflow.model.digits-cnn.") and e.payload["model_uri"].startswith("models:/digits-cnn/")
-               for e in registered)
+    assert any(
+        e.resource.id.startswith("mlflow.model.digits-cnn.")
+        and e.payload["model_uri"].startswith("models:/digits-cnn/")
+        for e in registered
+    )

@@ -8,14 +8,14 @@ import mlflow
 import pytest
 import torch
 
-from flows.cli import main
-from flows.convert import ConvertParams, convert_flow
-from quant.evaluate import sqnr_db
-from tests.encoder import build_encoder, encoder_batches
+from quantstage.flows.cli import main
+from quantstage.flows.convert import ConvertParams, convert_flow
+from quantstage.quant.measure.evaluate import sqnr_db
+from tests.models import build_encoder, encoder_batches
 
 pytestmark = pytest.mark.flow
 
-DATA = {"source": "tests.encoder:encoder_batches", "kwargs": {"num_batches": 8, "batch_size": 4}}
+DATA = {"source": "tests.models:encoder_batches", "kwargs": {"num_batches": 8, "batch_size": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,20 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def converted(mlflow_store: str, prefect_harness: None, weights: str):
-    params = ConvertParams.model_validate({
-        "model": {"factory": "tests.encoder:build_encoder", "weights": weights},  # built with seed 0, weights of seed 7
-        "data": DATA,
-        "spec": {"mode": "dynamic"},
-        "evaluation": {"task": "embedding"},
-        "gates": {"max_accuracy_drop": None, "min_output_sqnr_db": 30.0, "min_quantized_fraction": 0.95},
-        "registered_name": "encoder-int8",
-        "benchmark_iterations": 10,
-    })
+    params = ConvertParams.model_validate(
+        {
+            "model": {
+                "factory": "tests.models:build_encoder",
+                "weights": weights,
+            },  # built with seed 0, weights of seed 7
+            "data": DATA,
+            "spec": {"mode": "dynamic"},
+            "evaluation": {"task": "embedding"},
+            "gates": {"max_accuracy_drop": None, "min_output_sqnr_db": 30.0, "min_quantized_fraction": 0.95},
+            "registered_name": "encoder-int8",
+            "benchmark_iterations": 10,
+        }
+    )
     return convert_flow(params)
 
 
@@ -76,7 +81,7 @@ def test_data_lineage_is_logged(converted) -> None:
         tags = {t.key: t.value for t in item.tags}
         contexts[tags["mlflow.data.context"]] = tags
     assert set(contexts) == {"calibration", "evaluation"}
-    assert contexts["calibration"]["source"] == "tests.encoder:encoder_batches"
+    assert contexts["calibration"]["source"] == "tests.models:encoder_batches"
     assert int(contexts["calibration"]["samples"]) + int(contexts["evaluation"]["samples"]) == 32
     assert len(run.data.tags["data.digest"]) == 64
     assert run.data.tags["data.overlap_samples"] == "0"
@@ -87,12 +92,29 @@ def test_cli_with_factory_and_dict_data(capsys: pytest.CaptureFixture[str], conv
 
     tensors = tmp_path / "encoder.safetensors"
     save_file(build_encoder(seed=7).state_dict(), str(tensors))
-    code = main([
-        "convert", "--model-factory", "tests.encoder:build_encoder", "--weights", str(tensors),
-        "--data", DATA["source"], "--data-kwarg", "num_batches=8", "--data-kwarg", "batch_size=4",
-        "--mode", "dynamic", "--task", "embedding", "--min-quantized-fraction", "0.95",
-        "--registered-name", "encoder-cli-int8",
-    ])
+    code = main(
+        [
+            "convert",
+            "--model-factory",
+            "tests.models:build_encoder",
+            "--weights",
+            str(tensors),
+            "--data",
+            DATA["source"],
+            "--data-kwarg",
+            "num_batches=8",
+            "--data-kwarg",
+            "batch_size=4",
+            "--mode",
+            "dynamic",
+            "--task",
+            "embedding",
+            "--min-quantized-fraction",
+            "0.95",
+            "--registered-name",
+            "encoder-cli-int8",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out[-2000:]
     version = mlflow.MlflowClient().get_model_version_by_alias("encoder-cli-int8", "champion")
@@ -122,21 +144,27 @@ def build_unscriptable(width: int = 16) -> torch.nn.Module:
     return Unscriptable(width)
 
 
-def test_model_torchscript_cannot_reproduce_ships_as_rebuild_bundle(mlflow_store: str, prefect_harness: None, tmp_path) -> None:
+def test_model_torchscript_cannot_reproduce_ships_as_rebuild_bundle(
+    mlflow_store: str, prefect_harness: None, tmp_path
+) -> None:
     """Neither script nor trace reproduces it: the flow logs factory + spec + quantized state_dict,
     verified by rebuilding, registers it as a pyfunc model, and says so in the report."""
     g = torch.Generator().manual_seed(0)
     torch.save(torch.randn(96, 16, generator=g), tmp_path / "x.pt")
-    result = convert_flow(ConvertParams.model_validate({
-        "model": {"factory": "tests.flows.test_sources_flow:build_unscriptable", "kwargs": {"width": 16}},
-        "data": {"source": str(tmp_path / "x.pt"), "batch_size": 8},
-        "spec": {"mode": "dynamic"},
-        "evaluation": {"task": "regression"},
-        "gates": {"min_output_sqnr_db": 25.0},
-        "registered_name": "unscriptable-int8",
-        "benchmark_iterations": 10,
-        "sensitivity": False,
-    }))
+    result = convert_flow(
+        ConvertParams.model_validate(
+            {
+                "model": {"factory": "tests.flows.test_sources_flow:build_unscriptable", "kwargs": {"width": 16}},
+                "data": {"source": str(tmp_path / "x.pt"), "batch_size": 8},
+                "spec": {"mode": "dynamic"},
+                "evaluation": {"task": "regression"},
+                "gates": {"min_output_sqnr_db": 25.0},
+                "registered_name": "unscriptable-int8",
+                "benchmark_iterations": 10,
+                "sensitivity": False,
+            }
+        )
+    )
     assert result.promoted, result.gates
     run = mlflow.get_run(result.run_id)
     assert run.data.params["export.method"] == "rebuild_bundle"

@@ -10,10 +10,12 @@ import time
 
 import mlflow
 import pytest
+import torch
 from prefect.artifacts import Artifact
 
-from flows.sweep import FAIRNESS, SweepFailure, SweepParams, build_task_runner, sweep_flow
-from quant.errors import SpecError
+from quantstage.flows.sweep import SweepFailure, build_task_runner, sweep_flow
+from quantstage.flows.sweep_params import FAIRNESS, SweepParams
+from quantstage.quant.errors import SpecError
 
 pytestmark = pytest.mark.flow
 
@@ -24,9 +26,7 @@ CHEAP = dict(benchmark_iterations=10, screening_iterations=5, sensitivity=False)
 def _nested_runs(parent_run_id: str) -> list:
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    )
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,13 @@ def test_each_candidate_is_a_nested_run_with_metrics(dask_sweep) -> None:
         assert run.info.status == "FINISHED", run.data.tags.get("quantstage.error")
         for key in ("accuracy_drop", "output_sqnr_db", "int8_latency_p50_ms", "speedup", "size_ratio", "gates_passed"):
             assert key in run.data.metrics, f"{key} missing from candidate {run.data.tags['quantstage.candidate']}"
-        assert "torchscript/model_int8.pt" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "torchscript")}
+        assert run.data.tags["quantstage.model_uri"].startswith("models:/")  # the shipped model, logged by the unit
     by_index = {int(r.data.tags["quantstage.candidate"]): r for r in runs}
+    shipped = mlflow.pytorch.load_model(by_index[0].data.tags["quantstage.model_uri"])  # what a worker hands on
+    assert isinstance(shipped, torch.jit.ScriptModule)
+    assert {"report.md", "spec.json", "gates.json", "code", "reference"} <= {
+        a.path for a in mlflow.MlflowClient().list_artifacts(by_index[0].info.run_id)
+    }  # everything a single conversion logs
     assert by_index[1].data.metrics["gates_passed"] == 0.0  # quantized nothing: require_quantized failed
     assert by_index[1].data.params["spec.qconfig_mapping"].find('"none"') > 0
 
@@ -65,7 +70,10 @@ def test_parent_run_has_comparison_table_and_fairness(dask_sweep) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.params["fairness"] == FAIRNESS and parent.data.tags["quantstage.fairness"] == FAIRNESS
     assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {
-        "sweep/comparison.json", "sweep/tradeoff.png", "sweep/params.json", "sweep/ranking.txt",
+        "sweep/comparison.json",
+        "sweep/tradeoff.png",
+        "sweep/params.json",
+        "sweep/ranking.txt",
     }
     table = json.loads(open(client.download_artifacts(result.parent_run_id, "sweep/comparison.json")).read())
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
@@ -89,11 +97,14 @@ def test_only_the_policys_winner_is_registered_and_aliased(dask_sweep) -> None:
     assert mv.tags["fairness"] == FAIRNESS and mv.tags["sweep_run_id"] == result.parent_run_id
     # recompute fastest_passing from the logged numbers: passing, re-measured alone, lowest p50, then smallest drop
     eligible = [
-        r for r in _nested_runs(result.parent_run_id)
+        r
+        for r in _nested_runs(result.parent_run_id)
         if r.data.metrics["gates_passed"] == 1.0 and "sequential_int8_latency_p50_ms" in r.data.metrics
     ]
     assert len(eligible) == 3
-    best = min(eligible, key=lambda r: (r.data.metrics["sequential_int8_latency_p50_ms"], r.data.metrics["accuracy_drop"]))
+    best = min(
+        eligible, key=lambda r: (r.data.metrics["sequential_int8_latency_p50_ms"], r.data.metrics["accuracy_drop"])
+    )
     assert mv.tags["mlflow_run_id"] == best.info.run_id == result.winner_run_id
     assert int(best.data.tags["quantstage.candidate"]) == result.winner
     assert best.data.tags["quantstage.winner"] == "true"
@@ -118,17 +129,23 @@ def test_candidates_ran_as_task_runs_on_the_workers(dask_sweep) -> None:
 
 def test_threads_sweep_records_errors_and_ranks_by_pareto(dask_sweep) -> None:
     """Threads of one process: FX tracing and engines kept apart, a raising candidate recorded."""
-    result = sweep_flow(SweepParams(
-        model_uri=SOURCE,
-        registered_name="digits-cnn-sweep-threads",
-        candidates=[{}, {"backend": "fbgemm"}, {"qconfig_mapping": {"observers": {"activation": "minmax"}}},
-                    {"skip_modules": ["nope"], "strict_skips": True}],
-        task_runner="threads",
-        workers=3,
-        policy="pareto",
-        pareto_tolerance=0.5,
-        **CHEAP,
-    ))
+    result = sweep_flow(
+        SweepParams(
+            model_uri=SOURCE,
+            registered_name="digits-cnn-sweep-threads",
+            candidates=[
+                {},
+                {"backend": "fbgemm"},
+                {"qconfig_mapping": {"observers": {"activation": "minmax"}}},
+                {"skip_modules": ["nope"], "strict_skips": True},
+            ],
+            task_runner="threads",
+            workers=3,
+            policy="pareto",
+            pareto_tolerance=0.5,
+            **CHEAP,
+        )
+    )
     assert [c.error is None for c in result.candidates] == [True, True, True, False]
     assert result.candidates[3].error.startswith("SpecError: 1 skip(s) match nothing")
     assert result.table["status"][3] == "error" and result.table["rank"][3] is None
@@ -152,7 +169,10 @@ def test_threads_sweep_with_no_passing_candidate_registers_nothing(dask_sweep) -
     )
     state = sweep_flow(params, return_state=True)
     assert state.is_failed()
-    with pytest.raises(SweepFailure, match=r"(?s)no candidate of the sweep passed every gate.*#0 .*quantized nothing.*#1 .*error: SpecError"):
+    with pytest.raises(
+        SweepFailure,
+        match=r"(?s)no candidate of the sweep passed every gate.*#0 .*quantized nothing.*#1 .*error: SpecError",
+    ):
         state.result()
     client = mlflow.MlflowClient()
     assert client.search_model_versions("name='digits-cnn-sweep-none'") == []
@@ -172,7 +192,7 @@ def test_threads_sweep_with_no_passing_candidate_registers_nothing(dask_sweep) -
 def test_process_gate_keeps_tracing_alone_and_engines_apart() -> None:
     import torch
 
-    from tasks.candidate import _ProcessGate
+    from quantstage.tasks._gate import ProcessGate as _ProcessGate
 
     gate, log = _ProcessGate(), []
     threads_before, engine_before = torch.get_num_threads(), torch.backends.quantized.engine
@@ -192,7 +212,12 @@ def test_process_gate_keeps_tracing_alone_and_engines_apart() -> None:
     for worker in workers:
         worker.join()
     assert [entry[:2] for entry in log] == [
-        ("A", "x86"), ("A", "out"), ("B", "x86"), ("B", "out"), ("C", "qnnpack"), ("C", "out"),
+        ("A", "x86"),
+        ("A", "out"),
+        ("B", "x86"),
+        ("B", "out"),
+        ("C", "qnnpack"),
+        ("C", "out"),
     ]
     assert {entry[2] for entry in log if entry[2] is not None} == {1}
     assert torch.get_num_threads() == threads_before
@@ -208,8 +233,10 @@ def test_grid_expands_into_candidates_after_explicit_ones() -> None:
     specs = params.candidate_specs()
     assert [name for name, _ in specs] == [
         'mode="dynamic"',
-        'backend="x86", reduce_range=true', 'backend="x86", reduce_range=false',
-        'backend="qnnpack", reduce_range=true', 'backend="qnnpack", reduce_range=false',
+        'backend="x86", reduce_range=true',
+        'backend="x86", reduce_range=false',
+        'backend="qnnpack", reduce_range=true',
+        'backend="qnnpack", reduce_range=false',
     ]
     assert specs[4][1].backend == "qnnpack" and specs[4][1].qconfig_mapping.observers.reduce_range is False
 
@@ -219,17 +246,36 @@ def test_grid_expands_into_candidates_after_explicit_ones() -> None:
     [
         ({"candidates": [{}, {"backend": "tpu"}]}, r"candidate 1: backend: Input should be"),
         ({"grid": {"backend": ["x86", "arm"]}}, r"candidate 1 \(grid backend=\"arm\"\): backend: Input should be"),
-        ({"grid": {"qconfig_mapping.observers.colour": [1]}}, r"candidate 0 \(grid colour=1\): qconfig_mapping.observers.colour: Extra inputs"),
+        (
+            {"grid": {"qconfig_mapping.observers.colour": [1]}},
+            r"candidate 0 \(grid colour=1\): qconfig_mapping.observers.colour: Extra inputs",
+        ),
         ({"grid": {"backends": ["x86"]}}, r"grid field 'backends' is not a QuantSpec field"),
         ({"grid": {"backend": []}}, r"grid field 'backend' needs a non-empty list"),
         ({"candidates": [{}, {"backend": "x86"}]}, r"candidates 0 and 1 are the same spec"),
-        ({"candidates": [{"mode": "qat"}]}, r"candidate 0 \(mode=\"qat\"\): mode 'qat' converts a QAT-trained checkpoint"),
+        (
+            {"candidates": [{"mode": "qat"}]},
+            r"candidate 0 \(mode=\"qat\"\): mode 'qat' converts a QAT-trained checkpoint",
+        ),
         ({"candidates": []}, r"no candidates"),
-        ({"candidates": [{}], "address": "tcp://h:8786"}, r"address 'tcp://h:8786' applies to task_runner 'dask' or 'ray'"),
+        (
+            {"candidates": [{}], "address": "tcp://h:8786"},
+            r"address 'tcp://h:8786' applies to task_runner 'dask' or 'ray'",
+        ),
         ({"candidates": [{}], "model": {"uri": SOURCE}}, r"give exactly one of model_uri"),
     ],
-    ids=["bad-candidate", "bad-grid-value", "bad-grid-nested-field", "unknown-grid-field", "empty-grid", "duplicate",
-         "qat", "none", "address-threads", "two-sources"],
+    ids=[
+        "bad-candidate",
+        "bad-grid-value",
+        "bad-grid-nested-field",
+        "unknown-grid-field",
+        "empty-grid",
+        "duplicate",
+        "qat",
+        "none",
+        "address-threads",
+        "two-sources",
+    ],
 )
 def test_bad_candidates_are_refused_up_front(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -244,8 +290,15 @@ def test_task_runner_is_built_from_the_parameters() -> None:
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
     local = build_task_runner(SweepParams(model_uri=SOURCE, candidates=[{}], task_runner="dask", workers=2))
     assert isinstance(local, DaskTaskRunner)
-    assert local.cluster_kwargs == {"n_workers": 2, "processes": True, "threads_per_worker": 1, "dashboard_address": None}
-    remote = build_task_runner(SweepParams(model_uri=SOURCE, candidates=[{}], task_runner="dask", address="tcp://h:8786"))
+    assert local.cluster_kwargs == {
+        "n_workers": 2,
+        "processes": True,
+        "threads_per_worker": 1,
+        "dashboard_address": None,
+    }
+    remote = build_task_runner(
+        SweepParams(model_uri=SOURCE, candidates=[{}], task_runner="dask", address="tcp://h:8786")
+    )
     assert remote.address == "tcp://h:8786"
     try:
         import prefect_ray  # noqa: F401
@@ -255,10 +308,10 @@ def test_task_runner_is_built_from_the_parameters() -> None:
 
 
 def test_cli_sweep_refuses_a_bad_grid_with_one_line(capsys) -> None:
-    from flows.cli import EXIT_BAD_INPUT, main
+    from quantstage.flows.cli import EXIT_BAD_INPUT, main
 
     assert main(["sweep", SOURCE, "--grid", "backend=[x86, tpu]"]) == EXIT_BAD_INPUT
-    assert "candidate 1 (grid backend=\"tpu\"): backend: Input should be" in capsys.readouterr().err
+    assert 'candidate 1 (grid backend="tpu"): backend: Input should be' in capsys.readouterr().err
     assert main(["sweep", SOURCE, "--grid", "backend=x86"]) == EXIT_BAD_INPUT
     assert "is not FIELD=[v1, v2, ...]" in capsys.readouterr().err
 

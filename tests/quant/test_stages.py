@@ -21,18 +21,20 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from quant.artifacts import export_torchscript, load_torchscript
-from quant.benchmark import BenchmarkReport, LatencyStats, benchmark, serialized_size, threads
-from quant.convert import convert
-from quant.errors import ArtifactError, DataError, TracingError
-from quant.evaluate import AccuracyReport, EvaluationSpec, evaluate, sqnr_db
-from quant.gates import GatesConfig, check_gates
-from quant.models import DigitsCNN
-from quant.prepare import calibrate, check_inputs_fit, prepare
-from quant.report import render_report, summary_rows
-from quant.sources import DataSpec, Dataset, load_data
-from quant.spec import BACKENDS, QuantSpec
-from tests.quant.models import SmallCNN
+from quantstage.demo import DigitsCNN
+from quantstage.quant.calibrate import calibrate
+from quantstage.quant.config.spec import BACKENDS, QuantSpec
+from quantstage.quant.data.inputs import check_inputs_fit
+from quantstage.quant.data.sources import Dataset, DataSpec, load_data
+from quantstage.quant.engines.fx.convert import convert
+from quantstage.quant.engines.fx.prepare import prepare
+from quantstage.quant.errors import ArtifactError, DataError, TracingError
+from quantstage.quant.measure.benchmark import BenchmarkReport, LatencyStats, benchmark, serialized_size, threads
+from quantstage.quant.measure.evaluate import AccuracyReport, EvaluationSpec, evaluate, sqnr_db
+from quantstage.quant.measure.gates import GatesConfig, check_gates
+from quantstage.quant.report.markdown import render_report, summary_rows
+from quantstage.quant.ship.torchscript import export_torchscript, load_torchscript
+from tests.models import SmallCNN
 
 SEED = 0
 CALIBRATION_BATCHES = 8
@@ -211,7 +213,9 @@ def test_load_data_shapes_and_counts(data: Dataset) -> None:
 def test_load_data_deterministic_per_seed(data: Dataset) -> None:
     again = load_data(DataSpec())
     other = load_data(DataSpec(seed=1))
-    for (xa, ya), (xb, yb) in zip(data.calibration + data.evaluation, again.calibration + again.evaluation, strict=True):
+    for (xa, ya), (xb, yb) in zip(
+        data.calibration + data.evaluation, again.calibration + again.evaluation, strict=True
+    ):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(data.calibration[0][0], other.calibration[0][0])
 
@@ -233,7 +237,12 @@ def test_load_data_split_sizes(spec: DataSpec, calibration: int, evaluation: int
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"batch_size": 0}, "batch_size"), ({"test_fraction": 1.0}, "test_fraction"), ({"source": "mnist"}, "source"), ({"sede": 1}, "sede")],
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"source": "mnist"}, "source"),
+        ({"sede": 1}, "sede"),
+    ],
     ids=["batch_size", "test_fraction", "source", "extra"],
 )
 def test_data_spec_rejects(kwargs: dict, field: str) -> None:
@@ -306,7 +315,7 @@ def test_calibrate_counts_and_respects_max_batches(data: Dataset) -> None:
 
 def test_calibrate_with_fewer_batches_than_asked(data: Dataset, caplog: pytest.LogCaptureFixture) -> None:
     prepared = prepare(_model("mlp"), data.example_inputs, QuantSpec())
-    with caplog.at_level(logging.WARNING, logger="quant.prepare"):
+    with caplog.at_level(logging.WARNING, logger="quantstage.quant.engines.fx.prepare"):
         seen = calibrate(prepared, data.calibration[:2], max_batches=5)
     assert seen == 2
     assert "calibration saw 2 batches, fewer than the 5 asked for" in caplog.text
@@ -336,7 +345,10 @@ def test_check_inputs_fit_accepts_the_right_shape(data: Dataset) -> None:
 )
 def test_check_inputs_fit_names_the_shapes(kind: str, inputs: tuple, shape: str) -> None:
     model = _model(kind)
-    with pytest.raises(DataError, match=rf"data batch of shape {shape} does not fit {type(model).__name__}\.forward: .*; fix: give data"):
+    with pytest.raises(
+        DataError,
+        match=rf"data batch of shape {shape} does not fit {type(model).__name__}\.forward: .*; fix: give data",
+    ):
         check_inputs_fit(model, inputs)
 
 
@@ -360,7 +372,10 @@ def test_prepare_tracing_error_names_the_module(model: nn.Module, where: str) ->
 
 
 def test_tracing_error_suggests_the_exact_skip() -> None:
-    with pytest.raises(TracingError, match=re.escape("prepare_custom.non_traceable_module_names: ['layers.1'] (or skip_modules: ['layers.1'])")):
+    with pytest.raises(
+        TracingError,
+        match=re.escape("prepare_custom.non_traceable_module_names: ['layers.1'] (or skip_modules: ['layers.1'])"),
+    ):
         prepare(NestedDataDependent(), (torch.randn(4, 8),), QuantSpec())
 
 
@@ -415,7 +430,9 @@ def test_sqnr_db_edge_cases() -> None:
     assert sqnr_db(x, x.clone()) == math.inf
     assert sqnr_db(torch.zeros(4), torch.zeros(4)) == math.inf
     assert sqnr_db(torch.zeros(4), torch.ones(4)) == -math.inf
-    assert sqnr_db(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float16) * 1.1) == pytest.approx(20.0, abs=0.1)
+    assert sqnr_db(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float16) * 1.1) == pytest.approx(
+        20.0, abs=0.1
+    )
 
 
 def _logit_batches(rows: list[list[float]], targets: list[int] | None, batch_size: int = 2) -> list:
@@ -539,7 +556,9 @@ def test_benchmark(cnn_pair: tuple[nn.Module, GraphModule], data: Dataset) -> No
         assert stats.mean_ms > 0.0
         assert stats.throughput == pytest.approx(32 / (stats.p50_ms / 1000.0))
     pairs = sorted(f / q for f, q in zip(report.float_times_ms, report.quant_times_ms))
-    assert report.speedup == pytest.approx(torch.tensor(pairs, dtype=torch.float64).median().item())  # median pair ratio
+    assert report.speedup == pytest.approx(
+        torch.tensor(pairs, dtype=torch.float64).median().item()
+    )  # median pair ratio
     assert report.p50_ratio == pytest.approx(report.float_latency.p50_ms / report.quant_latency.p50_ms)
     assert report.float_size_bytes == serialized_size(model)
     assert report.quant_size_bytes == serialized_size(quantized)
@@ -553,8 +572,14 @@ def test_benchmark_uses_the_size_models(cnn_pair: tuple[nn.Module, GraphModule],
     model, quantized = cnn_pair
     scripted = torch.jit.script(quantized)
     report = benchmark(
-        model, quantized, data.example_inputs, iterations=2, warmup=0, num_threads=None,
-        float_size_model=nn.Linear(2, 2), quant_size_model=scripted,
+        model,
+        quantized,
+        data.example_inputs,
+        iterations=2,
+        warmup=0,
+        num_threads=None,
+        float_size_model=nn.Linear(2, 2),
+        quant_size_model=scripted,
     )
     assert report.float_size_bytes == serialized_size(nn.Linear(2, 2))
     assert report.quant_size_bytes == serialized_size(scripted)
@@ -641,12 +666,18 @@ def test_export_torchscript_needs_inputs(cnn_pair: tuple[nn.Module, GraphModule]
 
 def test_export_torchscript_refuses_a_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "branch.pt"
-    with pytest.raises(ArtifactError, match=r"does not reproduce the lowered model on verification input 1 \(max abs difference 1, bit-exact required\); refusing"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"does not reproduce the lowered model on verification input 1 \(max abs difference 1, bit-exact required\); refusing",
+    ):
         export_torchscript(VarArgsBranch(), path, [(torch.ones(2),), (-torch.ones(2),)])
 
 
 def test_export_torchscript_neither_script_nor_trace(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=r"(?s)VarArgsDict can be neither scripted \(.*\) nor traced \(.*\); fix: make forward TorchScript-compatible"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"(?s)VarArgsDict can be neither scripted \(.*\) nor traced \(.*\); fix: make forward TorchScript-compatible",
+    ):
         export_torchscript(VarArgsDict(), tmp_path / "dict.pt", [(torch.ones(2),)])
 
 
@@ -656,10 +687,14 @@ def test_export_torchscript_neither_script_nor_trace(tmp_path: Path) -> None:
 def _accuracy(
     float_accuracy: float | None = 0.9, quant_accuracy: float | None = 0.9, agreement: float = 0.99, sqnr: float = 30.0
 ) -> AccuracyReport:
-    return AccuracyReport(samples=100, float_accuracy=float_accuracy, quant_accuracy=quant_accuracy, agreement=agreement, sqnr_db=sqnr)
+    return AccuracyReport(
+        samples=100, float_accuracy=float_accuracy, quant_accuracy=quant_accuracy, agreement=agreement, sqnr_db=sqnr
+    )
 
 
-def _bench(float_p50: float = 4.0, quant_p50: float = 2.0, float_size: int = 1000, quant_size: int = 250) -> BenchmarkReport:
+def _bench(
+    float_p50: float = 4.0, quant_p50: float = 2.0, float_size: int = 1000, quant_size: int = 250
+) -> BenchmarkReport:
     def stats(p50: float) -> LatencyStats:
         return LatencyStats(p50, p50 * 1.5, p50 * 2.0, p50 * 1.1, 32 / (p50 / 1000.0))
 
@@ -677,7 +712,9 @@ def test_all_gates_disabled() -> None:
     assert check_gates(config, _accuracy(None, None), None) == []
 
 
-ALL_GATES = GatesConfig(max_accuracy_drop=0.25, min_agreement=0.75, min_output_sqnr_db=20.0, min_speedup=1.5, max_size_ratio=0.5)
+ALL_GATES = GatesConfig(
+    max_accuracy_drop=0.25, min_agreement=0.75, min_output_sqnr_db=20.0, min_speedup=1.5, max_size_ratio=0.5
+)
 
 
 @pytest.mark.parametrize(
@@ -696,20 +733,42 @@ ALL_GATES = GatesConfig(max_accuracy_drop=0.25, min_agreement=0.75, min_output_s
         ("min_speedup", _accuracy(), _bench(2.0, 2.0), False, "speedup 1 >= 1.5: FAILED"),
         ("min_speedup", _accuracy(), None, False, "speedup could not be measured"),
         ("max_size_ratio", _accuracy(), _bench(float_size=1000, quant_size=500), True, "size ratio 0.5 <= 0.5: passed"),
-        ("max_size_ratio", _accuracy(), _bench(float_size=1000, quant_size=600), False, "size ratio 0.6 <= 0.5: FAILED"),
+        (
+            "max_size_ratio",
+            _accuracy(),
+            _bench(float_size=1000, quant_size=600),
+            False,
+            "size ratio 0.6 <= 0.5: FAILED",
+        ),
         ("max_size_ratio", _accuracy(), None, False, "size ratio could not be measured"),
     ],
     ids=[
-        "drop-pass", "drop-equal", "drop-fail", "drop-unmeasured",
-        "agreement-pass", "agreement-fail",
-        "sqnr-inf", "sqnr-fail", "sqnr-nan",
-        "speedup-pass", "speedup-fail", "speedup-no-bench",
-        "size-pass", "size-fail", "size-no-bench",
+        "drop-pass",
+        "drop-equal",
+        "drop-fail",
+        "drop-unmeasured",
+        "agreement-pass",
+        "agreement-fail",
+        "sqnr-inf",
+        "sqnr-fail",
+        "sqnr-nan",
+        "speedup-pass",
+        "speedup-fail",
+        "speedup-no-bench",
+        "size-pass",
+        "size-fail",
+        "size-no-bench",
     ],
 )
 def test_gate(name: str, accuracy: AccuracyReport, bench: BenchmarkReport | None, passed: bool, reason: str) -> None:
     results = {r.name: r for r in check_gates(ALL_GATES, accuracy, bench)}
-    assert list(results) == ["max_accuracy_drop", "min_agreement", "min_output_sqnr_db", "min_speedup", "max_size_ratio"]
+    assert list(results) == [
+        "max_accuracy_drop",
+        "min_agreement",
+        "min_output_sqnr_db",
+        "min_speedup",
+        "max_size_ratio",
+    ]
     result = results[name]
     assert result.passed is passed, result
     assert result.reason == reason

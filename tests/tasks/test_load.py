@@ -8,15 +8,18 @@ import mlflow
 import pytest
 import torch
 
-from quant.artifacts import jit_quiet
-from quant.errors import DataError, SourceError
-from quant.sources import DataSpec
-from tasks.load import load_data, load_model, resolve_model_uri
-from tests.helpers import Flat100, register
+from quantstage.quant.data.sources import DataSpec
+from quantstage.quant.errors import DataError, SourceError
+from quantstage.quant.ship.torchscript import jit_quiet
+from quantstage.tasks.load import load_data, load_model, resolve_model_uri
+from tests.helpers import register
+from tests.models import Flat100
 
 
 @pytest.mark.parametrize(
-    "uri", ["digits-cnn", "models:/", "models:/name/latest-ish", "s3://bucket/model"], ids=["bare", "empty", "bad-version", "s3"]
+    "uri",
+    ["digits-cnn", "models:/", "models:/name/latest-ish", "s3://bucket/model"],
+    ids=["bare", "empty", "bad-version", "s3"],
 )
 def test_unsupported_uri_forms(uri: str, mlflow_store: str) -> None:
     with pytest.raises(SourceError, match=rf"model URI '{re.escape(uri)}' is not of a supported form; use models:/"):

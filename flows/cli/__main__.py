@@ -1,0 +1,7 @@
+"""``python -m quantstage.flows.cli``: the ``quantstage`` command."""
+
+import sys
+
+from quantstage.flows.cli import main
+
+sys.exit(main())

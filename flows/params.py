@@ -1,0 +1,154 @@
+"""What every flow that converts one model shares: where the model comes from, the data and the
+evaluation it is measured on, the registry name of the result (``SourceParams``), and how each
+conversion unit is checked, measured and published (``StageParams``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from quantstage.quant.data.model_source import ModelSource
+from quantstage.quant.data.sources import DataSpec
+from quantstage.quant.measure.evaluate import EvaluationSpec
+from quantstage.quant.measure.gates import GatesConfig
+from quantstage.quant.search.fallback import FallbackConfig
+from quantstage.tasks.track import digest
+
+__all__ = ["MODEL_URI", "SourceParams", "StageParams"]
+
+MODEL_URI = re.compile(r"^(models:/[^/@]+(/\d+|@[^/]+)|runs:/[^/]+/.+)$")
+
+
+class SourceParams(BaseModel):
+    """Source model, data, evaluation and registry name (base of ConvertParams and SweepParams)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_uri: str | None = Field(
+        None,
+        description="Float source model in MLflow: models:/<name>/<version>, models:/<name>@<alias> or "
+        "runs:/<run_id>/<path> (shorthand for model: {uri: ...}).",
+    )
+    model: ModelSource | None = Field(
+        None,
+        description="Float source model: {uri}, {factory, kwargs, folder, weights} or {path, trust_pickle}; "
+        "give this or model_uri. Wherever the flow's tasks run, factories must be importable and files readable.",
+    )
+    data: DataSpec = Field(default_factory=DataSpec, description="Calibration and evaluation data.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Task metrics (classification, regression, embedding, user metric)."
+    )
+    registered_name: str | None = Field(
+        None, description="Registry name of the quantized model; default '<source name>-int8'."
+    )
+
+    @field_validator("model_uri")
+    @classmethod
+    def _known_uri_form(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_URI.match(value):
+            raise ValueError(
+                f"model_uri {value!r} is not of a supported form; use models:/<name>/<version>, "
+                f"models:/<name>@<alias> or runs:/<run_id>/<path>"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_model(self) -> SourceParams:
+        if (self.model_uri is None) == (self.model is None):
+            raise ValueError(
+                "give exactly one of model_uri (an MLflow model URI) or model (a model source: uri, factory + "
+                "weights, or a trusted pickle)"
+            )
+        return self
+
+    @property
+    def source(self) -> ModelSource:
+        """The model source, whichever field gave it."""
+        return self.model if self.model is not None else ModelSource(uri=self.model_uri)
+
+    @property
+    def source_label(self) -> str:
+        return self.source.uri or self.source.label
+
+    @staticmethod
+    def raw_source_label(raw: dict[str, Any] | None) -> str:
+        """The source label of not-yet-validated parameters (a flow run name must not fail)."""
+        raw = raw or {}
+        model = raw.get("model") or {}
+        return raw.get("model_uri") or model.get("uri") or model.get("factory") or "?"
+
+    def eval_digest(self) -> str:
+        """Digest of what the metrics are measured on (data + evaluation): comparable iff equal."""
+        return digest(
+            {"data": self.data.model_dump(mode="json"), "evaluation": self.evaluation.model_dump(mode="json")}
+        )[:16]
+
+    @property
+    def target_name(self) -> str:
+        """``registered_name``, else ``<registered source name>-int8``, ``run-<id8>-int8`` or ``<factory>-int8``."""
+        if self.registered_name:
+            return self.registered_name
+        uri = self.source.uri
+        if uri is None:
+            return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.label) + "-int8"
+        if uri.startswith("models:/"):
+            return re.split(r"[/@]", uri[len("models:/") :])[0] + "-int8"
+        return "run-" + uri[len("runs:/") :].split("/")[0][:8] + "-int8"
+
+
+class StageParams(SourceParams):
+    """What a conversion unit checks and measures, and how its result is published (base of
+    ConvertParams and SweepParams)."""
+
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="Checks that must pass before promotion.")
+    fallback: FallbackConfig = Field(
+        default_factory=FallbackConfig,
+        description="Accuracy-aware fallback: when the accuracy gates fail, keep the most sensitive layers float "
+        "(the per-layer sensitivity is measured for it even when sensitivity is off).",
+    )
+    sensitivity: bool = Field(
+        True, description="Measure per-layer sensitivity (the engine's numeric suite) and log it."
+    )
+    sensitivity_batches: int = Field(4, ge=1, description="Calibration batches the sensitivity analysis runs.")
+    alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
+    promote_if: Literal["gates", "better"] = Field(
+        "better",
+        description="'gates': move the alias when every gate passes; 'better': only when, in addition, the new "
+        "version is at least as good as the current alias holder on the same evaluation (int8_accuracy, else "
+        "output_sqnr_db); a holder evaluated on other data falls back to the gates.",
+    )
+    force: bool = Field(
+        False, description="Convert even when a version with the same idempotency key is already registered."
+    )
+    experiment: str = Field("quantstage", description="MLflow experiment of the conversion run(s).")
+    benchmark_iterations: int = Field(100, ge=5, description="Timed calls per model, batch size and thread count.")
+    benchmark_threads: tuple[int, ...] = Field(
+        (1,), min_length=1, description="torch intra-op thread counts to benchmark (the first gives the headline)."
+    )
+    benchmark_batch_sizes: tuple[int, ...] | None = Field(
+        None, description="Batch sizes to benchmark; default: the data's batch size (headline), then 1."
+    )
+    benchmark_max_cv: float | None = Field(
+        0.25, gt=0.0, description="Coefficient of variation above which a timing is re-measured, then marked unstable."
+    )
+    ship_tolerance: float = Field(
+        0.0,
+        ge=0.0,
+        description="Largest absolute output difference a shipped form may have against the lowered model (0: bit-exact).",
+    )
+
+    @field_validator("benchmark_threads", "benchmark_batch_sizes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, int) else value
+
+    def eval_key(self) -> dict[str, Any]:
+        """What a conversion's verdict depends on besides the source and the spec: data, evaluation, gates, fallback."""
+        return {
+            "data": self.data.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "gates": self.gates.model_dump(mode="json"),
+            "fallback": self.fallback.model_dump(mode="json"),
+        }

@@ -1,0 +1,119 @@
+"""Ship the fastest correct form of a quantized model.
+
+The lowered FX GraphModule is what conversion produces, but not what serves best: the same
+model as TorchScript, frozen TorchScript (``torch.jit.freeze``: weights and attributes
+inlined as constants) or ``torch.jit.optimize_for_inference`` runs faster, especially at
+small batches. Each variant is checked against the lowered model on the verification inputs
+and timed round-robin (so drift hits all alike); the fastest one that matches bit-exactly
+(or within a stated tolerance) is the one to ship.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+
+from quantstage.quant.ship.torchscript import jit_quiet, max_abs_diff, to_torchscript
+
+__all__ = ["Form", "VariantResult", "select_variant", "torchscript_forms"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantResult:
+    """One deployable form of the quantized model, as measured."""
+
+    name: str
+    p50_ms: float | None
+    max_abs_diff: float | None
+    matches: bool
+    shippable: bool  # can be saved and loaded in another process (TorchScript)
+    error: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Form = tuple[str, Callable[[], Any], bool]  # (name, build, shippable: saves and loads in another process)
+
+
+def torchscript_forms(model: torch.nn.Module, example: tuple[Any, ...]) -> list[Form]:
+    """The in-memory model and its TorchScript forms: scripted (or traced), frozen, optimized for inference."""
+
+    def scripted() -> torch.jit.ScriptModule:
+        return to_torchscript(model, example)[0].eval()
+
+    def frozen() -> torch.jit.ScriptModule:
+        with jit_quiet():
+            return cast(torch.jit.ScriptModule, torch.jit.freeze(scripted()))  # freeze is unannotated: returns Any
+
+    def optimized() -> torch.jit.ScriptModule:
+        with jit_quiet():
+            return torch.jit.optimize_for_inference(scripted())
+
+    return [
+        ("fx_graph_module", lambda: model, False),
+        ("torchscript", scripted, True),
+        ("torchscript_frozen", frozen, True),
+        ("torchscript_optimized", optimized, True),
+    ]
+
+
+@torch.no_grad()
+def select_variant(
+    model: torch.nn.Module,
+    verify_inputs: Sequence[tuple[Any, ...]],
+    *,
+    forms: Sequence[Form] | None = None,
+    tolerance: float = 0.0,
+    iterations: int = 30,
+    warmup: int = 5,
+) -> tuple[str, torch.jit.ScriptModule, list[VariantResult]]:
+    """Build, check and time every form (default: ``torchscript_forms``); return (name, module, results)
+    of the fastest shippable one that matches ``model`` within ``tolerance``."""
+    model.eval()
+    example = verify_inputs[0]
+    built: dict[str, Any] = {}
+    results: dict[str, VariantResult] = {}
+    for name, build, shippable in forms if forms is not None else torchscript_forms(model, example):
+        try:
+            candidate = build()
+            diff = max(max_abs_diff(model(*inputs), candidate(*inputs)) for inputs in verify_inputs)
+        except Exception as exc:  # a variant that cannot be built is reported, not fatal
+            results[name] = VariantResult(name, None, None, False, shippable, str(exc).strip().splitlines()[0])
+            continue
+        built[name] = candidate
+        results[name] = VariantResult(name, None, diff, diff <= tolerance, shippable)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(warmup):
+        for candidate in built.values():
+            candidate(*example)
+    for _ in range(iterations):
+        for name, candidate in built.items():
+            start = time.perf_counter()
+            candidate(*example)
+            times[name].append(time.perf_counter() - start)
+    for name, samples in times.items():
+        p50 = float(torch.tensor(samples).median().item()) * 1000.0
+        results[name] = dataclasses.replace(results[name], p50_ms=p50)
+    eligible = [r for r in results.values() if r.shippable and r.matches and r.p50_ms is not None]
+    if not eligible:
+        problems = "; ".join(f"{r.name}: {r.error or f'max abs diff {r.max_abs_diff:g}'}" for r in results.values())
+        from quantstage.quant.errors import ArtifactError
+
+        raise ArtifactError(
+            f"no TorchScript form of the model reproduces it within tolerance {tolerance:g} ({problems})"
+        )
+    best = min(eligible, key=lambda r: cast(float, r.p50_ms))  # not None: filtered into eligible
+    logger.info(
+        "variants (p50 ms): %s -> shipping %s",
+        ", ".join(f"{r.name} {r.p50_ms:.3f}" for r in results.values() if r.p50_ms is not None),
+        best.name,
+    )
+    return best.name, built[best.name], list(results.values())

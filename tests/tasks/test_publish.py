@@ -1,0 +1,73 @@
+"""The publish step: register, compare with the alias holder and promote, one registrar at a time."""
+
+from __future__ import annotations
+
+import threading
+
+import mlflow
+import pytest
+import torch
+
+from quantstage.tasks.publish import PublishRequest, publish
+from tests.models import Flat100
+
+pytestmark = pytest.mark.flow
+
+NAME = "publish-race-int8"
+
+
+def _logged(accuracy: float) -> tuple[str, str]:
+    """A run holding a logged model and its int8 accuracy: (run id, model URI)."""
+    from quantstage.tasks.track import log_pytorch_model
+
+    with mlflow.start_run(run_name=f"candidate {accuracy}") as run:
+        mlflow.log_metric("int8_accuracy", accuracy)
+        uri = log_pytorch_model(Flat100().eval(), torch.randn(2, 100))
+    return run.info.run_id, uri
+
+
+def _request(run_id: str, uri: str, accuracy: float, key: str) -> PublishRequest:
+    return PublishRequest(
+        name=NAME,
+        model_uri=uri,
+        run_id=run_id,
+        passed=True,
+        metrics={"int8_accuracy": accuracy},
+        lineage={"idempotency_key": key, "mlflow_run_id": run_id, "eval_digest": "same"},
+        eval_digest="same",
+    )
+
+
+def test_concurrent_publishers_leave_the_alias_on_the_best(mlflow_store: str, prefect_harness: None) -> None:
+    """Both newcomers beat the holder; the holder comparison runs inside the registry lock, so the
+    second to register compares with the first and the alias ends on the better one, whatever the order."""
+    holder = _logged(0.90)
+    assert publish.fn(_request(*holder, 0.90, "k-holder")).promoted
+    better, best = _logged(0.92), _logged(0.95)
+    results = {}
+
+    def run(label: str, logged: tuple[str, str], accuracy: float) -> None:
+        results[label] = publish.fn(_request(*logged, accuracy, f"k-{label}"))
+
+    threads = [threading.Thread(target=run, args=a) for a in (("better", better, 0.92), ("best", best, 0.95))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champion.version) == results["best"].version, {
+        k: (v.version, v.promoted, v.reason) for k, v in results.items()
+    }
+    assert results["best"].promoted
+    assert client.get_model_version(NAME, results["better"].version).tags["promoted"] in ("true", "false")
+
+
+def test_a_retry_completes_its_own_registration(mlflow_store: str, prefect_harness: None) -> None:
+    """Publishing the same run twice (a retry after a transient failure) registers one version."""
+    logged = _logged(0.5)
+    first = publish.fn(_request(*logged, 0.5, "k-retry"))
+    again = publish.fn(_request(*logged, 0.5, "k-retry"))
+    assert again.version == first.version and again.duplicate_of is None
+    other = publish.fn(_request(*_logged(0.5), 0.5, "k-retry"))  # another run, same key: a duplicate
+    assert other.version is None and other.duplicate_of == first.version
