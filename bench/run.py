@@ -881,6 +881,9 @@ def render(r: dict[str, Any]) -> str:
     other = {k: e for k, e in r["errors"].items() if not k.startswith("onnxruntime")}
     if other:
         L += ["", "## Errors", ""] + [f"- {k}: `{e}`" for k, e in other.items()]
+    minilm = HERE / "MINILM.md"
+    if minilm.exists():  # the real pretrained transformer (python -m bench.minilm, hf + bench extras)
+        L += ["", *("#" + line if line.startswith("# ") else line for line in minilm.read_text().splitlines())]
     return "\n".join(L) + "\n"
 
 

@@ -116,7 +116,7 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
     if (loaded_key := params.idempotency_key(source.identity)) != key:
         print(f"{params.source_label} changed while loading (now {source.identity}); idempotency key recomputed")
         key = loaded_key
-    dataset = load_data(params.data, source.model)
+    dataset = load_data(params.data, source.model, params.output)
     run_id = start_run(
         params.experiment,
         f"{name} from {params.source_label}",

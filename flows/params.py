@@ -40,6 +40,11 @@ class SourceParams(BaseModel):
     evaluation: EvaluationSpec = Field(
         default_factory=EvaluationSpec, description="Task metrics (classification, regression, embedding, user metric)."
     )
+    output: str | None = Field(
+        None,
+        description="When forward returns a ModelOutput, dict, tuple or dataclass: the field (or index) every stage "
+        "compares and the registered model returns; default: the first tensor (last_hidden_state, logits).",
+    )
     registered_name: str | None = Field(
         None, description="Registry name of the quantized model; default '<source name>-int8'."
     )
@@ -70,7 +75,8 @@ class SourceParams(BaseModel):
 
     @property
     def source_label(self) -> str:
-        return self.source.uri or self.source.label
+        """What the source is called in tags, run names and reports: the URI, the full factory path, or the label."""
+        return self.source.uri or self.source.factory or self.source.label
 
     @staticmethod
     def raw_source_label(raw: dict[str, Any] | None) -> str:
@@ -87,12 +93,13 @@ class SourceParams(BaseModel):
 
     @property
     def target_name(self) -> str:
-        """``registered_name``, else ``<registered source name>-int8``, ``run-<id8>-int8`` or ``<factory>-int8``."""
+        """``registered_name``, else ``<registered source name>-int8``, ``run-<id8>-int8``, or for a factory
+        ``<module>-<function>-int8`` (``my_pkg.minilm_src:build`` -> ``minilm-src-build-int8``)."""
         if self.registered_name:
             return self.registered_name
         uri = self.source.uri
-        if uri is None:
-            return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.source.label) + "-int8"
+        if uri is None:  # 'minilm_src:build' -> 'minilm-src-build-int8'
+            return re.sub(r"[^a-z0-9]+", "-", self.source.label.lower()).strip("-") + "-int8"
         if uri.startswith("models:/"):
             return re.split(r"[/@]", uri[len("models:/") :])[0] + "-int8"
         return "run-" + uri[len("runs:/") :].split("/")[0][:8] + "-int8"
@@ -133,6 +140,18 @@ class StageParams(SourceParams):
     benchmark_max_cv: float | None = Field(
         0.25, gt=0.0, description="Coefficient of variation above which a timing is re-measured, then marked unstable."
     )
+    benchmark_budget_s: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds one benchmark configuration may take: fewer calls (at least 10) for a large model; "
+        "null: always benchmark_iterations.",
+    )
+    export_budget_s: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds the deployable forms (TorchScript, frozen, optimized) may be timed against each other "
+        "(at least 3 rounds); null: 30 rounds.",
+    )
     ship_tolerance: float = Field(
         0.0,
         ge=0.0,
@@ -149,6 +168,6 @@ class StageParams(SourceParams):
         return {
             "data": self.data.model_dump(mode="json"),
             "evaluation": self.evaluation.model_dump(mode="json"),
-            "gates": self.gates.model_dump(mode="json"),
+            "gates": self.gates.for_task(self.evaluation.task).model_dump(mode="json"),
             "fallback": self.fallback.model_dump(mode="json"),
         }

@@ -243,7 +243,7 @@ def sweep_flow(params: SweepParams) -> SweepResult:
             idempotency_key=key,
         )
     source = load_model(params.source)  # the float model the finalists are re-benchmarked against, here
-    dataset = load_data(params.data, source.model)
+    dataset = load_data(params.data, source.model, params.output)
     parent = start_run(
         params.experiment,
         f"sweep {target} from {params.source_label} ({len(specs)} candidates)",

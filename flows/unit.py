@@ -68,10 +68,13 @@ class UnitJob(BaseModel):
     sensitivity: bool
     sensitivity_batches: int
     qat_checkpoint: str | None = None
+    output: str | None = Field(None, description="The part of forward's output to compare (SourceParams.output).")
     benchmark_iterations: int
     benchmark_threads: tuple[int, ...] = (1,)
     benchmark_batch_sizes: tuple[int, ...] | None = None
     benchmark_max_cv: float | None = 0.25
+    benchmark_budget_s: float | None = 10.0
+    export_budget_s: float | None = 10.0
     ship_tolerance: float = 0.0
     run_id: str = Field(description="The unit's MLflow run (created by the flow).")
     target_name: str = Field(description="Registry name of the result (the report's and the charts' title).")
@@ -89,6 +92,7 @@ class UnitJob(BaseModel):
             source=params.source,
             source_label=params.source_label,
             data=params.data,
+            output=params.output,
             evaluation=params.evaluation,
             gates=params.gates.for_task(params.evaluation.task),
             fallback=params.fallback,
@@ -98,6 +102,8 @@ class UnitJob(BaseModel):
             benchmark_threads=params.benchmark_threads,
             benchmark_batch_sizes=params.benchmark_batch_sizes,
             benchmark_max_cv=params.benchmark_max_cv,
+            benchmark_budget_s=params.benchmark_budget_s,
+            export_budget_s=params.export_budget_s,
             ship_tolerance=params.ship_tolerance,
             run_id=run_id,
             target_name=params.target_name,
@@ -173,7 +179,7 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
     gate, backend, clock = (GATE if job.parallel else NO_GATE), job.spec.backend, _Clock()
     with gate.shared(backend):  # loading the data runs the model once
         source = source or load_model(job.source)
-        dataset = dataset or load_data(job.data, source.model)
+        dataset = dataset or load_data(job.data, source.model, job.output)
     qat = fetch_file(job.qat_checkpoint) if job.qat_checkpoint else None
     clock.lap("load_s")
     with gate.exclusive(backend):  # tracing patches Module.__call__ process-wide
@@ -212,7 +218,7 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
                     accuracy = validate_accuracy(source.model, quantized.model, dataset, job.evaluation)
             clock.lap("fallback_s")
         with gate.shared(backend):
-            shipped = export_model(quantized, dataset, work_dir, job.source, job.ship_tolerance)
+            shipped = export_model(quantized, dataset, work_dir, job.source, job.ship_tolerance, job.export_budget_s)
             reference = export_reference(quantized, dataset, work_dir)
             clock.lap("export_s")
             benchmarks, machine, latency_png = benchmark_model(
@@ -223,6 +229,7 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
                 threads=job.benchmark_threads,
                 iterations=job.benchmark_iterations,
                 max_cv=job.benchmark_max_cv,
+                budget_s=job.benchmark_budget_s,
                 out_dir=work_dir,
                 name=job.target_name,
                 headline_only=job.parallel,

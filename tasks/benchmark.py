@@ -12,6 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from quantstage.quant.data.inputs import args_of, batch_len, head
+from quantstage.quant.data.outputs import with_output
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
@@ -35,6 +36,7 @@ def benchmark_model(
     out_dir: str | None = None,
     name: str = "model",
     headline_only: bool = False,
+    budget_s: float | None = None,
 ) -> tuple[list[BenchmarkReport], dict[str, Any], str | None]:
     """Latency percentiles, throughput, speedup, sizes and peak memory for each batch size and
     thread count; the machine it ran on; a latency chart (PNG) when ``out_dir`` is given.
@@ -51,7 +53,10 @@ def benchmark_model(
     logger = run_logger()
     inputs = dataset.evaluation[0][0]
     batch_sizes = list(batch_sizes or (batch_len(inputs), 1))
-    float_script, _ = to_torchscript(float_model.eval(), args_of(head(inputs, 1)))
+    float_model = with_output(float_model.eval(), dataset.output_key)
+    if not isinstance(shipped, (str, Path)):
+        shipped = with_output(shipped, dataset.output_key)
+    float_script, _ = to_torchscript(float_model, args_of(head(inputs, 1)))
     info = machine_info()
     logger.info("benchmarking on %s (%s), engine %s", info["cpu_model"], info["isa_int8"], info["quantized_engine"])
     runs = [(b, t) for t in threads for b in batch_sizes][: 1 if headline_only else None]
@@ -69,6 +74,7 @@ def benchmark_model(
             iterations=iterations,
             num_threads=n_threads,
             max_cv=max_cv,
+            budget_s=budget_s,
             float_size_model=float_script,
             quant_size_model=model,
         )

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from quantstage.quant.data.inputs import args_of, head
 from quantstage.quant.data.model_source import ModelSource
+from quantstage.quant.data.outputs import with_output
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.engines import get_engine
 from quantstage.quant.errors import ArtifactError
@@ -56,6 +57,7 @@ def _bundle(quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelS
     bundle = save_bundle(
         quantized.model,
         Path(out_dir) / "rebuild",
+        output=dataset.output_key,
         factory=source.factory,
         kwargs=dict(source.kwargs),
         folder=source.folder,
@@ -70,7 +72,12 @@ def _bundle(quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelS
 
 @task(name="export_model", cache_policy=NO_CACHE)
 def export_model(
-    quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelSource, tolerance: float = 0.0
+    quantized: Quantized,
+    dataset: Dataset,
+    out_dir: str,
+    source: ModelSource,
+    tolerance: float = 0.0,
+    budget_s: float | None = None,
 ) -> Shipped:
     """Pick the fastest deployable form that reproduces the model, save it, load it back, verify it;
     when none does, the factory + spec + quantized state_dict that rebuild it, verified by rebuilding."""
@@ -78,7 +85,10 @@ def export_model(
     verify = _verify_inputs(dataset)
     engine = get_engine(quantized.engine)
     try:
-        artifact, variants = engine.ship(quantized.model, Path(out_dir) / "model_int8.pt", verify, tolerance=tolerance)
+        served = with_output(quantized.model, dataset.output_key)  # what the registered model returns
+        artifact, variants = engine.ship(
+            served, Path(out_dir) / "model_int8.pt", verify, tolerance=tolerance, budget_s=budget_s
+        )
     except ArtifactError as exc:
         return Shipped(None, _bundle(quantized, dataset, out_dir, source, str(exc)), why=str(exc))
     for v in variants:
@@ -105,7 +115,7 @@ def export_reference(quantized: Quantized, dataset: Dataset, out_dir: str) -> To
     for compilers; None on the submodule path (each part's reference code is logged instead)."""
     if quantized.reference is None:
         return None
-    finalised = get_engine(quantized.engine).reference_module(quantized.reference)
+    finalised = with_output(get_engine(quantized.engine).reference_module(quantized.reference), dataset.output_key)
     artifact = export_torchscript(
         finalised, Path(out_dir) / "reference" / "model_reference.pt", _verify_inputs(dataset)
     )

@@ -23,6 +23,7 @@ from quantstage.quant.data.model_source import (
     load_state_dict_file,
     load_weights,
 )
+from quantstage.quant.data.outputs import output_key
 from quantstage.quant.data.sources import Dataset, DataSpec
 from quantstage.quant.data.sources import load_data as build_data
 from quantstage.quant.errors import SourceError
@@ -181,10 +182,17 @@ def _local(uri: str) -> str:
 
 
 @task(name="load_data", cache_policy=NO_CACHE)
-def load_data(data: DataSpec, model: torch.nn.Module) -> Dataset:
-    """Build calibration and evaluation batches and check they fit the model."""
+def load_data(data: DataSpec, model: torch.nn.Module, output: str | None = None) -> Dataset:
+    """Build calibration and evaluation batches, check they fit the model, and decide which part of
+    its output every stage compares (``output``: a field name or index; default the first tensor)."""
     dataset = build_data(data, model)
-    check_inputs_fit(model, dataset.example_inputs, dataset.input_names)
+    returned = check_inputs_fit(model, dataset.example_inputs, dataset.input_names)
+    key = output_key(returned, output, f"{type(model).__name__}.forward")
+    if key is not None:
+        dataset = dataclasses.replace(dataset, output_key=key)
+        run_logger().info(
+            "%s returns %s: every stage compares its %r", type(model).__name__, type(returned).__name__, key
+        )
     run_logger().info(
         "data %s: %d calibration batches, %d evaluation samples",
         data.source,

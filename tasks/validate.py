@@ -20,6 +20,13 @@ def validate_accuracy(
     """Top-1 accuracy, top-1 agreement and output SQNR of ``quantized`` against ``float_model``."""
     logger = run_logger()
     logger.info("evaluating float and int8 on %d samples", dataset.num_eval_samples)
-    report = evaluate(float_model, quantized, dataset.evaluation, evaluation)
+    report = evaluate(
+        float_model,
+        quantized,
+        dataset.evaluation,
+        evaluation,
+        input_names=dataset.input_names,
+        output_key=dataset.output_key,
+    )
     logger.info("%s", ", ".join(f"{k} {v:.4g}" for k, v in report.as_metrics().items()))
     return report

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's ephemeral API gets 20 s to start by default, which a loaded 2-core machine overruns
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     args = _parser().parse_args(argv)
     if not args.debug:
         quiet_prefect_tracebacks()

@@ -17,14 +17,18 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_GATE_FAILED",
     "BadInput",
+    "OFF",
+    "add_gate_arguments",
     "add_source_arguments",
     "apply_overrides",
     "kwargs_of",
     "load_config",
     "one_line",
     "quiet_prefect_tracebacks",
+    "gate_overrides",
     "set_path",
     "source_overrides",
+    "threshold",
     "where_to_look",
 ]
 
@@ -102,14 +106,61 @@ def source_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.kwargs": kwargs_of(args.data_kwarg, "--data-kwarg"),
         "data.evaluation_source": args.eval_data,
         "evaluation.task": args.task,
+        "evaluation.pooling": args.pooling,
+        "output": args.output,
     }
+
+
+class _Off:
+    """A threshold flag given as ``none``: the gate is switched off explicitly (not the task default)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+OFF = _Off()
+
+
+def threshold(text: str) -> float | _Off:
+    """A gate flag's value: a number, or ``none`` to switch the gate off."""
+    if text.strip().lower() in ("none", "null", "off"):
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; give one, or none to switch the gate off"
+        ) from None
+
+
+_GATES = {
+    "max_accuracy_drop": "largest allowed top-1 accuracy drop (classification default 0.01)",
+    "min_agreement": "smallest top-1 agreement with float (classification default 0.90)",
+    "min_cosine": "smallest cosine of the worst sample's embedding (embedding default 0.93)",
+    "min_mean_cosine": "smallest mean embedding cosine (embedding default 0.98)",
+    "min_sqnr_db": "smallest output SQNR in dB (regression default 20)",
+    "min_speedup": "smallest float/int8 p50 latency ratio (no default)",
+    "min_quantized_fraction": "smallest share of weighted parameters quantized (no default)",
+}
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per gate: a threshold, or ``none`` to switch it off; unset gates take the task's defaults."""
+    for name, what in _GATES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=threshold, metavar="X|none", help=f"gate: {what}")
+
+
+def gate_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate flags as dotted parameter keys (``min_sqnr_db`` is ``gates.min_output_sqnr_db``)."""
+    fields = {name: "min_output_sqnr_db" if name == "min_sqnr_db" else name for name in _GATES}
+    return {f"gates.{field}": getattr(args, name) for name, field in fields.items()}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Set the given flags over the config file's values; a model must come from one of them."""
     for key, value in overrides.items():
         if value is not None:
-            set_path(raw, key, value)
+            set_path(raw, key, None if value is OFF else value)
     if "model_uri" not in raw and "model" not in raw:
         raise BadInput(
             "no model given; pass MODEL_URI (e.g. models:/digits-cnn@champion), --model-factory package.module:callable "
@@ -132,6 +183,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eval-data", help="separate evaluation data source (same forms as --data)")
     parser.add_argument("--task", help="evaluation task: classification | regression | embedding")
+    parser.add_argument("--pooling", help="embedding: mean (over the attention mask, default) | cls | none")
+    parser.add_argument(
+        "--output", metavar="NAME", help="when forward returns a ModelOutput/dict/tuple: the field to compare and serve"
+    )
 
 
 def where_to_look() -> None:

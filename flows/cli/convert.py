@@ -9,8 +9,10 @@ from pydantic import ValidationError
 
 from quantstage.flows.cli.common import (
     BadInput,
+    add_gate_arguments,
     add_source_arguments,
     apply_overrides,
+    gate_overrides,
     load_config,
     one_line,
     source_overrides,
@@ -40,7 +42,6 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "spec.skip_modules": args.skip_module or None,
         "spec.skip_object_types": args.skip_object_type or None,
         "data.batch_size": args.batch_size,
-        "gates.max_accuracy_drop": args.max_accuracy_drop,
         "registered_name": args.registered_name,
         "alias": args.alias,
         "experiment": args.experiment,
@@ -48,9 +49,8 @@ def _convert_params(args: argparse.Namespace) -> Any:
         "promote_if": args.promote_if,
         "force": True if args.force else None,
         "spec.tracing": args.tracing,
-        "gates.min_quantized_fraction": args.min_quantized_fraction,
     }
-    apply_overrides(raw, overrides | source_overrides(args))
+    apply_overrides(raw, overrides | source_overrides(args) | gate_overrides(args))
     try:
         return ConvertParams.model_validate(raw)
     except ValidationError as exc:
@@ -120,7 +120,6 @@ def add_convert_parser(sub: Any) -> None:
     conv.add_argument("--skip-module", action="append", help="module path kept float (repeatable)")
     conv.add_argument("--skip-object-type", action="append", help="dotted type/function kept float (repeatable)")
     conv.add_argument("--batch-size", type=int)
-    conv.add_argument("--max-accuracy-drop", type=float, help="gate: largest allowed absolute top-1 drop")
     conv.add_argument("--registered-name", help="registry name of the int8 model (default <source>-int8)")
     conv.add_argument("--alias", help="alias moved when the gates pass (default champion)")
     conv.add_argument("--experiment", help="MLflow experiment (default quantstage)")
@@ -130,7 +129,7 @@ def add_convert_parser(sub: Any) -> None:
     )
     add_source_arguments(conv)
     conv.add_argument("--tracing", help="auto | whole | submodules (default auto)")
-    conv.add_argument("--min-quantized-fraction", type=float, help="gate: least share of weighted parameters quantized")
+    add_gate_arguments(conv)
     conv.set_defaults(run=_cmd_convert)
 
 

@@ -12,8 +12,10 @@ from pydantic import ValidationError
 from quantstage.flows.cli.common import (
     EXIT_GATE_FAILED,
     BadInput,
+    add_gate_arguments,
     add_source_arguments,
     apply_overrides,
+    gate_overrides,
     load_config,
     one_line,
     source_overrides,
@@ -51,13 +53,12 @@ def _sweep_params(args: argparse.Namespace) -> Any:
         "workers": args.workers,
         "policy": args.policy,
         "finalists": args.finalists,
-        "gates.max_accuracy_drop": args.max_accuracy_drop,
         "registered_name": args.registered_name,
         "alias": args.alias,
         "experiment": args.experiment,
         "force": True if args.force else None,
     }
-    apply_overrides(raw, overrides | source_overrides(args))
+    apply_overrides(raw, overrides | source_overrides(args) | gate_overrides(args))
     try:
         return SweepParams.model_validate(raw)
     except ValidationError as exc:
@@ -123,7 +124,7 @@ def add_sweep_parser(sub: Any) -> None:
     sweep.add_argument("--workers", type=int, help="threads, or local Dask worker processes (default 2)")
     sweep.add_argument("--policy", help="fastest_passing | pareto (default fastest_passing)")
     sweep.add_argument("--finalists", type=int, help="passing candidates re-benchmarked alone (default 3)")
-    sweep.add_argument("--max-accuracy-drop", type=float, help="gate: largest allowed absolute top-1 drop")
+    add_gate_arguments(sweep)
     sweep.add_argument("--registered-name", help="registry name of the winner (default <source>-int8)")
     sweep.add_argument("--alias", help="alias moved to the winner (default champion)")
     sweep.add_argument("--experiment", help="MLflow experiment (default quantstage)")

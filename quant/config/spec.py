@@ -262,13 +262,22 @@ class QuantSpec(_Spec):
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
-    def resolved(self) -> dict[str, bool]:
+    def resolved(self) -> dict[str, bool | int | str]:
         """The settings this spec leaves to the machine, as this machine resolves them: ``reduce_range``
-        (7-bit static activations on x86/fbgemm without VNNI/AMX). Part of ``digest``: the same spec
-        makes a different model on a CPU that resolves them differently."""
-        if self.mode != "static":
-            return {}
-        return {"reduce_range": self.mapping_spec().effective_reduce_range(self.backend)[0]}
+        (7-bit static activations on x86/fbgemm/onednn without VNNI/AMX), the dynamic preset's weight
+        granularity and bits. Part of ``digest``: the same spec makes a different model on a CPU that
+        resolves them differently."""
+        mapping = self.mapping_spec()
+        if self.mode == "static":
+            return {"reduce_range": mapping.effective_reduce_range(self.backend)[0]}
+        if self.mode == "dynamic" and mapping.preset == "dynamic":
+            weight, activation_bits, weight_bits, _ = mapping.effective_dynamic(self.backend)
+            return {
+                "dynamic.weight": weight,
+                "dynamic.activation_bits": activation_bits,
+                "dynamic.weight_bits": weight_bits,
+            }
+        return {}
 
     def digest(self) -> str:
         """A short stable hash of the spec and its resolved settings (lineage tags, idempotency keys)."""
@@ -285,9 +294,15 @@ class QuantSpec(_Spec):
                 params[f"spec.{key}"] = json.dumps(value, sort_keys=True)[:6000]
             else:
                 params[f"spec.{key}"] = str(value)
+        mapping = self.mapping_spec()
         if self.mode == "static":
-            reduce_range, why = self.mapping_spec().effective_reduce_range(self.backend)
+            reduce_range, why = mapping.effective_reduce_range(self.backend)
             params["resolved.reduce_range"] = f"{reduce_range} ({why})"
+        elif self.mode == "dynamic" and mapping.preset == "dynamic":
+            weight, activation_bits, weight_bits, why = mapping.effective_dynamic(self.backend)
+            params["resolved.dynamic"] = (
+                f"{weight} weights, {activation_bits}-bit activations, {weight_bits}-bit weights ({why})"
+            )
         return params
 
 

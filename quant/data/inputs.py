@@ -123,11 +123,12 @@ def bind_to_forward(model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[t
     return tuple(args), tuple(names[: last + 1])
 
 
-def check_inputs_fit(model: torch.nn.Module, example_inputs: Any, names: Sequence[str] | None = None) -> None:
-    """Run ``model`` once on ``example_inputs``; raise DataError naming the arguments and shapes if it fails."""
+def check_inputs_fit(model: torch.nn.Module, example_inputs: Any, names: Sequence[str] | None = None) -> Any:
+    """Run ``model`` once on ``example_inputs`` and return what it returned; raise DataError naming the
+    arguments and shapes if it fails."""
     try:
         with torch.no_grad():
-            call(model.eval(), example_inputs)
+            return call(model.eval(), example_inputs)
     except Exception as exc:  # any failure here means the data does not fit the model
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(

@@ -94,8 +94,9 @@ class ModelSource(BaseModel):
             return self.name
         if self.uri:
             return self.uri
-        if self.factory:
-            return self.factory.split(":")[-1].split(".")[-1]
+        if self.factory:  # module and function: 'my_pkg.models:build' -> 'models.build'
+            module, _, function = self.factory.rpartition(":") if ":" in self.factory else self.factory.rpartition(".")
+            return f"{module.rsplit('.', 1)[-1]}.{function}" if module else function
         return Path(self.path or "model").stem
 
     def describe(self) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Dataset:
     input_names: tuple[str, ...] | None = None  # forward's argument names, in the batches' positional order
     source: str = "digits"
     overlap: int = 0  # evaluation samples that also occur in the calibration data
+    output_key: str | None = None  # the part of forward's output every stage compares (quant.data.outputs)
 
     @property
     def example_inputs(self) -> tuple[Any, ...]:

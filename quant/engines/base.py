@@ -114,7 +114,9 @@ class Engine(Protocol):
         verify_inputs: Sequence[tuple[Any, ...]],
         *,
         tolerance: float = 0.0,
+        budget_s: float | None = None,
     ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
-        """Save the fastest deployable form that reproduces ``lowered`` (within ``tolerance``), load it
+        """Save the fastest deployable form that reproduces ``lowered`` (within ``tolerance``; forms timed
+        for at most ``budget_s`` seconds), load it
         back and verify it; also return every form tried, as measured."""
         ...

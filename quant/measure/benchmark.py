@@ -179,21 +179,27 @@ def benchmark(
     float_size_model: torch.nn.Module | None = None,
     quant_size_model: torch.nn.Module | None = None,
     max_cv: float | None = 0.25,
+    budget_s: float | None = None,
 ) -> BenchmarkReport:
     """Time both models interleaved (A B A B ...) on ``example_inputs`` so machine drift hits both alike.
 
     When either model's coefficient of variation exceeds ``max_cv`` the measurement is
     repeated once; if it is still noisy the report is marked unstable rather than
     presenting a false precision. Sizes come from ``*_size_model`` when given (e.g. the
-    TorchScript that ships).
+    TorchScript that ships). With ``budget_s`` the iterations are cut (to no fewer than 10) so that
+    one measurement takes about that long, judged from the warm-up calls.
     """
     float_model.eval()
     quant_model.eval()
     batch_size = batch_len(example_inputs) if example_inputs else 1
     with threads(num_threads) as n:
+        started = time.perf_counter()
         for _ in range(warmup):
             float_model(*example_inputs)
             quant_model(*example_inputs)
+        if budget_s is not None and warmup > 0:
+            per_pair = (time.perf_counter() - started) / warmup
+            iterations = max(10, min(iterations, int(budget_s / max(per_pair, 1e-9))))
         float_times, quant_times = _measure(float_model, quant_model, example_inputs, iterations)
         stats = [LatencyStats.from_times(t, batch_size) for t in (float_times, quant_times)]
         stable = max_cv is None or max(s.cv for s in stats) <= max_cv

@@ -6,12 +6,14 @@ import dataclasses
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quantstage.quant.data.inputs import args_of
+from quantstage.quant.data.outputs import select_output
 from quantstage.quant.data.sources import Batch
 
 __all__ = ["AccuracyReport", "EvaluationSpec", "evaluate", "sqnr_db"]
@@ -43,6 +45,17 @@ class EvaluationSpec(BaseModel):
         "Output SQNR is reported for every task.",
     )
     top_k: int = Field(default=5, ge=1, description="classification: also report top-k accuracy.")
+    pooling: Literal["mean", "cls", "none"] = Field(
+        default="mean",
+        description="embedding: how per-token outputs (batch, tokens, hidden) become the embeddings compared: mean "
+        "over the tokens the attention mask keeps (padding excluded), the first token (cls), or none (each "
+        "sample's whole output, padding included). Outputs of shape (batch, hidden) are compared as they are.",
+    )
+    mask_input: str = Field(
+        default="attention_mask",
+        description="embedding: the forward argument holding the attention mask (1 = token, 0 = padding); without "
+        "one every token counts.",
+    )
     metric: str | None = Field(
         default=None,
         description="A user metric as 'module:function', called as fn(float_outputs, int8_outputs, targets) "
@@ -106,7 +119,9 @@ def _topk(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     return (outputs.topk(k, dim=-1).indices == targets.unsqueeze(-1)).any(-1).float().mean().item()
 
 
-def _user_metric(path: str, f: torch.Tensor, q: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+def _user_metric(path: str, f: Any, q: Any, y: torch.Tensor | None) -> dict[str, float]:
+    """``fn(float_outputs, int8_outputs, targets)``: tensors, or lists of per-batch tensors when the
+    batches' outputs differ in shape (sequences)."""
     from quantstage.quant.config.dotted import resolve_dotted
 
     fn = resolve_dotted(path)
@@ -117,27 +132,99 @@ def _user_metric(path: str, f: torch.Tensor, q: torch.Tensor, y: torch.Tensor | 
     return {f"metric.{name}": float(value)}
 
 
+def _mask(inputs: Any, names: Sequence[str] | None, mask_input: str) -> torch.Tensor | None:
+    args = args_of(inputs)
+    if names and mask_input in names and names.index(mask_input) < len(args):
+        mask = args[names.index(mask_input)]
+        return mask if isinstance(mask, torch.Tensor) else None
+    return None
+
+
+def _pool(outputs: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(batch, tokens, hidden) outputs as (batch, hidden) embeddings; other shapes flattened per sample."""
+    if outputs.dim() != 3 or pooling == "none":
+        return outputs.flatten(1).float()
+    if pooling == "cls":
+        return outputs[:, 0].float()
+    keep = torch.ones(outputs.shape[:2]) if mask is None else (mask[:, : outputs.shape[1]] != 0).float()
+    summed = (outputs.float() * keep.unsqueeze(-1)).sum(1)
+    return summed / keep.sum(1, keepdim=True).clamp(min=1.0)
+
+
+def _same_shape_cat(outputs: list[torch.Tensor]) -> torch.Tensor | None:
+    """The batches' outputs concatenated, or None when their shapes differ past the batch dimension
+    (sequences padded to each batch's own length)."""
+    if len({tuple(o.shape[1:]) for o in outputs}) != 1:
+        return None
+    return torch.cat(outputs)
+
+
+def _sqnr_over(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """SQNR of every test element against its reference, over batches of any shape."""
+    signal = sum(r.detach().float().pow(2).sum().item() for r, _ in pairs)
+    noise = sum((r.detach().float() - t.detach().float()).pow(2).sum().item() for r, t in pairs)
+    if noise == 0.0:
+        return math.inf
+    return -math.inf if signal == 0.0 else 10.0 * math.log10(signal / noise)
+
+
+def _per_sample(outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """MSE and mean cosine of each sample's whole output (flattened, padding included)."""
+    cosines, squared, count = [], 0.0, 0
+    for f, q in outputs:
+        ff, qf = f.flatten(1).float(), q.flatten(1).float()
+        cosines.append(F.cosine_similarity(ff, qf, dim=-1))
+        squared += (ff - qf).pow(2).sum().item()
+        count += ff.numel()
+    return {"output_mse": squared / max(count, 1), "cosine_similarity": torch.cat(cosines).mean().item()}
+
+
+def _embedding_metrics(pooled: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Cosine (mean and worst sample) and SQNR of the embeddings compared, batch by batch (their
+    widths may differ when pooling is none)."""
+    cosine = torch.cat([F.cosine_similarity(fe, qe, dim=-1) for fe, qe in pooled])
+    return {
+        "embedding_cosine_mean": cosine.mean().item(),
+        "embedding_cosine_min": cosine.min().item(),
+        "embedding_sqnr_db": _sqnr_over(pooled),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     float_model: torch.nn.Module,
     quant_model: torch.nn.Module,
     batches: Sequence[Batch],
     spec: EvaluationSpec | None = None,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_key: str | None = None,
 ) -> AccuracyReport:
-    """Task metrics of both models over ``batches``, plus output SQNR of int8 against float."""
+    """Task metrics of both models over ``batches``, plus output SQNR of int8 against float.
+
+    ``output_key`` selects the compared part of a structured output (``quant.data.outputs``);
+    ``input_names`` (forward's argument names) locate the attention mask the embedding task pools with."""
     spec = spec or EvaluationSpec()
-    float_outputs, quant_outputs, targets = [], [], []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pooled: list[tuple[torch.Tensor, torch.Tensor]] = []
+    targets = []
     for inputs, target in batches:
-        float_outputs.append(float_model(*args_of(inputs)))
-        quant_outputs.append(quant_model(*args_of(inputs)))
+        fo = select_output(float_model(*args_of(inputs)), output_key)
+        qo = select_output(quant_model(*args_of(inputs)), output_key)
+        pairs.append((fo, qo))
+        if spec.task == "embedding":
+            mask = _mask(inputs, input_names, spec.mask_input)
+            pooled.append((_pool(fo, mask, spec.pooling), _pool(qo, mask, spec.pooling)))
         if target is not None:
             targets.append(target)
-    f = torch.cat(float_outputs)
-    q = torch.cat(quant_outputs)
+    f = _same_shape_cat([fo for fo, _ in pairs])
+    q = _same_shape_cat([qo for _, qo in pairs])
     y = torch.cat(targets) if len(targets) == len(batches) else None
     extra: dict[str, float] = {}
     float_acc = quant_acc = agreement = None
     if spec.task == "classification":
+        if f is None or q is None:
+            raise ValueError("classification outputs must have one shape across batches (batch, classes)")
         f_top1, q_top1 = f.argmax(dim=-1), q.argmax(dim=-1)
         agreement = (f_top1 == q_top1).float().mean().item()
         if y is not None:
@@ -147,21 +234,24 @@ def evaluate(
                 extra[f"float_top{spec.top_k}_accuracy"] = _topk(f, y, spec.top_k)
                 extra[f"int8_top{spec.top_k}_accuracy"] = _topk(q, y, spec.top_k)
     else:
-        ff, qf = f.flatten(1).float(), q.flatten(1).float()
-        extra["output_mse"] = torch.mean((ff - qf) ** 2).item()
-        extra["cosine_similarity"] = torch.nn.functional.cosine_similarity(ff, qf, dim=-1).mean().item()
-        if spec.task == "regression" and y is not None:
+        extra |= _per_sample(pairs)
+        if spec.task == "embedding":
+            extra |= _embedding_metrics(pooled)
+        if spec.task == "regression" and y is not None and f is not None and q is not None:
+            ff, qf = f.flatten(1).float(), q.flatten(1).float()
             target = y.reshape(ff.shape).float()
             extra["float_mse"] = torch.mean((ff - target) ** 2).item()
             extra["int8_mse"] = torch.mean((qf - target) ** 2).item()
     if spec.metric:
-        extra |= _user_metric(spec.metric, f, q, y)
+        extra |= _user_metric(
+            spec.metric, f if f is not None else [p[0] for p in pairs], q if q is not None else [p[1] for p in pairs], y
+        )
     report = AccuracyReport(
-        samples=int(f.shape[0]),
+        samples=sum(int(fo.shape[0]) for fo, _ in pairs),
         float_accuracy=float_acc,
         quant_accuracy=quant_acc,
         agreement=agreement,
-        sqnr_db=sqnr_db(f, q),
+        sqnr_db=_sqnr_over(pairs),
         extra=extra,
     )
     logger.info("evaluated %d samples: %s", report.samples, report.as_metrics())

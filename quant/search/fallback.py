@@ -154,7 +154,9 @@ def convert_and_check(
     quantized = quantize(
         model, trial_spec, [inputs for inputs, _ in dataset.calibration], example_inputs=dataset.example_inputs
     ).model
-    accuracy = evaluate(model, quantized, dataset.evaluation, evaluation)
+    accuracy = evaluate(
+        model, quantized, dataset.evaluation, evaluation, input_names=dataset.input_names, output_key=dataset.output_key
+    )
     results = check_gates(gates.accuracy_only(), accuracy)
     trial = Trial(tuple(float_layers), all(r.passed for r in results), accuracy.as_metrics())
     return trial, quantized

@@ -31,6 +31,7 @@ import torch
 
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.model_source import build_from_factory
+from quantstage.quant.data.outputs import with_output
 from quantstage.quant.errors import ArtifactError
 from quantstage.quant.ship.torchscript import max_abs_diff
 
@@ -103,7 +104,7 @@ def rebuild(bundle: str | Path) -> torch.nn.Module:
             f"rebuild bundle {str(bundle)!r} lacks {len(result.missing_keys)} weight(s) of the rebuilt model "
             f"(first: {result.missing_keys[0]}); was it written by another quantstage or factory version?"
         )
-    return quantized.eval()
+    return with_output(quantized.eval(), meta.get("output"))
 
 
 def save_bundle(
@@ -117,9 +118,11 @@ def save_bundle(
     tracing: str,
     verify_inputs: Sequence[tuple[Any, ...]],
     input_names: Sequence[str] | None = None,
+    output: str | None = None,
 ) -> Path:
     """Write the bundle, rebuild from it, and check the rebuilt model reproduces ``quantized``
-    bit-exactly on ``verify_inputs``; return the bundle folder."""
+    bit-exactly on ``verify_inputs``; return the bundle folder. ``output`` names the part of a
+    structured forward output the rebuilt model returns (``quant.data.outputs``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -129,6 +132,7 @@ def save_bundle(
         "spec": spec.model_dump(mode="json"),
         "tracing": tracing,
         "input_names": list(input_names or []),
+        "output": output,
         "torch_version": torch.__version__,
     }
     (out / "rebuild.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -138,6 +142,7 @@ def save_bundle(
         _README.format(path=out.name, factory=factory, names=", ".join(input_names or ["x"]), tracing=tracing)
     )
     rebuilt = rebuild(out)
+    quantized = with_output(quantized, output)
     with torch.no_grad():
         torch.save(quantized(*verify_inputs[0]), out / "example_output.pt")
         for i, inputs in enumerate(verify_inputs):

@@ -46,8 +46,12 @@ Form = tuple[str, Callable[[], Any], bool]  # (name, build, shippable: saves and
 def torchscript_forms(model: torch.nn.Module, example: tuple[Any, ...]) -> list[Form]:
     """The in-memory model and its TorchScript forms: scripted (or traced), frozen, optimized for inference."""
 
-    def scripted() -> torch.jit.ScriptModule:
-        return to_torchscript(model, example)[0].eval()
+    cache: list[torch.jit.ScriptModule] = []
+
+    def scripted() -> torch.jit.ScriptModule:  # built once: freezing and optimizing work on copies
+        if not cache:
+            cache.append(to_torchscript(model, example)[0].eval())
+        return cache[0]
 
     def frozen() -> torch.jit.ScriptModule:
         with jit_quiet():
@@ -74,17 +78,20 @@ def select_variant(
     tolerance: float = 0.0,
     iterations: int = 30,
     warmup: int = 5,
+    budget_s: float | None = None,
 ) -> tuple[str, torch.jit.ScriptModule, list[VariantResult]]:
     """Build, check and time every form (default: ``torchscript_forms``); return (name, module, results)
-    of the fastest shippable one that matches ``model`` within ``tolerance``."""
+    of the fastest shippable one that matches ``model`` within ``tolerance``. Timing takes
+    ``iterations`` round-robin rounds, or fewer (at least 3) when ``budget_s`` runs out first."""
     model.eval()
     example = verify_inputs[0]
+    expected = [model(*inputs) for inputs in verify_inputs]
     built: dict[str, Any] = {}
     results: dict[str, VariantResult] = {}
     for name, build, shippable in forms if forms is not None else torchscript_forms(model, example):
         try:
             candidate = build()
-            diff = max(max_abs_diff(model(*inputs), candidate(*inputs)) for inputs in verify_inputs)
+            diff = max(max_abs_diff(e, candidate(*inputs)) for e, inputs in zip(expected, verify_inputs))
         except Exception as exc:  # a variant that cannot be built is reported, not fatal
             results[name] = VariantResult(name, None, None, False, shippable, str(exc).strip().splitlines()[0])
             continue
@@ -94,7 +101,11 @@ def select_variant(
     for _ in range(warmup):
         for candidate in built.values():
             candidate(*example)
-    for _ in range(iterations):
+    started = time.perf_counter()
+    for round_ in range(iterations):
+        if budget_s is not None and round_ >= 3 and time.perf_counter() - started > budget_s:
+            logger.info("form timing stopped after %d rounds: budget of %.0f s spent", round_, budget_s)
+            break
         for name, candidate in built.items():
             start = time.perf_counter()
             candidate(*example)

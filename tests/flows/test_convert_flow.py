@@ -66,7 +66,7 @@ def test_flow_logs_run(converted) -> None:
     reference = {a.path for a in client.list_artifacts(converted.run_id, "reference")}
     assert reference == {"reference/model_reference.pt", "reference/reference.py"}, reference
     gates = json.loads(open(client.download_artifacts(converted.run_id, "gates.json")).read())
-    assert [g["name"] for g in gates] == ["quantized_any", "max_accuracy_drop"]
+    assert [g["name"] for g in gates] == ["quantized_any", "max_accuracy_drop", "min_agreement"]  # the defaults
     assert all(g["passed"] for g in gates)
     assert metrics["quantized_fraction"] == 1.0 and metrics["quantized_layers"] == 5
     coverage = json.loads(open(client.download_artifacts(converted.run_id, "coverage/coverage.json")).read())

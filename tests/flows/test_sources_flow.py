@@ -118,7 +118,7 @@ def test_cli_with_factory_and_dict_data(capsys: pytest.CaptureFixture[str], conv
     out = capsys.readouterr().out
     assert code == 0, out[-2000:]
     version = mlflow.MlflowClient().get_model_version_by_alias("encoder-cli-int8", "champion")
-    assert version.tags["source_uri"] == "build_encoder"
+    assert version.tags["source_uri"] == "tests.models:build_encoder"  # the full factory path
 
 
 class Unscriptable(torch.nn.Module):

@@ -331,7 +331,8 @@ def test_calibrate_updates_observers(data: Dataset) -> None:
 
 
 def test_check_inputs_fit_accepts_the_right_shape(data: Dataset) -> None:
-    assert check_inputs_fit(_model("cnn"), data.example_inputs) is None
+    output = check_inputs_fit(_model("cnn"), data.example_inputs)  # what forward returned: its output is read next
+    assert isinstance(output, torch.Tensor) and output.shape == (data.example_inputs[0].shape[0], 10)
 
 
 @pytest.mark.parametrize(
@@ -494,8 +495,17 @@ def test_evaluate_regression_and_embedding_metrics() -> None:
     assert regression["cosine_similarity"] == pytest.approx(1.0)
     assert "agreement" not in regression and "float_accuracy" not in regression
     embedding = evaluate(nn.Identity(), noisy, [(x, None)], EvaluationSpec(task="embedding")).as_metrics()
-    assert set(embedding) == {"output_sqnr_db", "output_mse", "cosine_similarity"}
+    assert set(embedding) == {
+        "output_sqnr_db",
+        "output_mse",
+        "cosine_similarity",
+        "embedding_cosine_mean",
+        "embedding_cosine_min",
+        "embedding_sqnr_db",
+    }
     assert embedding["output_sqnr_db"] == pytest.approx(40.0, abs=0.1)  # 1% amplitude error
+    assert embedding["embedding_sqnr_db"] == pytest.approx(40.0, abs=0.1)  # (batch, hidden): compared as they are
+    assert embedding["embedding_cosine_min"] <= embedding["embedding_cosine_mean"] <= 1.0
 
 
 def max_abs_error(f: torch.Tensor, q: torch.Tensor, y) -> float:
@@ -701,10 +711,16 @@ def _bench(
     return BenchmarkReport(32, 1, 5, stats(float_p50), stats(quant_p50), float_size, quant_size)
 
 
-def test_default_gates_only_check_accuracy_drop() -> None:
-    results = check_gates(GatesConfig(), _accuracy(1.0, 0.995), _bench())
-    assert [r.name for r in results] == ["max_accuracy_drop"]
-    assert results[0].passed and results[0].threshold == 0.01
+def test_default_gates_check_accuracy_drop_and_agreement() -> None:
+    results = check_gates(GatesConfig().for_task("classification"), _accuracy(1.0, 0.995, agreement=0.97), _bench())
+    assert [r.name for r in results] == ["max_accuracy_drop", "min_agreement"]
+    assert all(r.passed for r in results) and [r.threshold for r in results] == [0.01, 0.90]
+    unlabeled = check_gates(GatesConfig().for_task("classification"), _accuracy(None, None, agreement=0.97), _bench())
+    assert [r.name for r in unlabeled] == ["min_agreement"]  # the default accuracy drop needs labels
+    explicit = check_gates(
+        GatesConfig(max_accuracy_drop=0.02).for_task("classification"), _accuracy(None, None, agreement=0.5), None
+    )
+    assert [(r.name, r.passed) for r in explicit] == [("max_accuracy_drop", False), ("min_agreement", False)]
 
 
 def test_all_gates_disabled() -> None:

@@ -7,6 +7,7 @@ implements ``quant.engines.Engine`` on top of its modules:
 - ``configs``: QConfigMapping, BackendConfig and custom configs built from a QuantSpec;
 - ``prepare``: prepare_fx / prepare_qat_fx with tracing errors that name the module;
 - ``convert``: reference_convert, lower and the convert_fx drop-in ``convert``;
+- ``dynamic``: 8-bit activations for lowered dynamic Linear layers (torch hard-codes 7);
 - ``coverage``, ``skips``, ``sensitivity`` (FX numeric suite), ``qat`` (checkpoints).
 """
 
@@ -26,6 +27,7 @@ from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs
 from quantstage.quant.engines.fx.convert import ReferenceModel, convert, lower, reference_convert
 from quantstage.quant.engines.fx.coverage import coverage_report
+from quantstage.quant.engines.fx.dynamic import use_eight_bit_activations
 from quantstage.quant.engines.fx.prepare import degenerate_ranges, prepare
 from quantstage.quant.engines.fx.qat import load_qat_checkpoint, save_qat_checkpoint
 from quantstage.quant.engines.fx.sensitivity import layer_sensitivity
@@ -96,7 +98,10 @@ class FxEngine:
         return reference_convert(_graph_module(prepared, "reference"), **configs.reference_convert_kwargs(spec))
 
     def lower(self, reference: Reference, spec: QuantSpec) -> nn.Module:
-        return lower(_reference_model(reference), **configs.lower_kwargs(spec))
+        lowered = lower(_reference_model(reference), **configs.lower_kwargs(spec))
+        if spec.target == "native" and spec.resolved().get("dynamic.activation_bits") == 8:
+            use_eight_bit_activations(lowered)  # torch's lowered dynamic Linear would use 7 (see .dynamic)
+        return lowered
 
     def reference_module(self, reference: Reference) -> nn.Module:
         return lower(_reference_model(reference), target="reference")
@@ -120,10 +125,18 @@ class FxEngine:
         return None
 
     def ship(
-        self, lowered: nn.Module, path: Path, verify_inputs: Sequence[tuple[Any, ...]], *, tolerance: float = 0.0
+        self,
+        lowered: nn.Module,
+        path: Path,
+        verify_inputs: Sequence[tuple[Any, ...]],
+        *,
+        tolerance: float = 0.0,
+        budget_s: float | None = None,
     ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
         forms = torchscript_forms(lowered, verify_inputs[0])
-        method, module, variants = select_variant(lowered, verify_inputs, forms=forms, tolerance=tolerance)
+        method, module, variants = select_variant(
+            lowered, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
+        )
         artifact = export_torchscript(
             module, path, verify_inputs, reference=lowered, tolerance=tolerance, method=method
         )

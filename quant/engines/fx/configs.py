@@ -56,13 +56,28 @@ def _global_mapping(qconfig: Any) -> Any:
     return _fx.QConfigMapping().set_global(qconfig)
 
 
-def _dynamic_mapping() -> Any:
-    # Embeddings get int8 weight-only (float qparams) too, so an encoder's largest tables
-    # shrink ~4x like ONNX Runtime's dynamic quantization, instead of staying fp32.
-    return (
-        _global_mapping(_qc.default_dynamic_qconfig)
-        .set_object_type(torch.nn.Embedding, _qc.float_qparams_weight_only_qconfig)
-        .set_object_type(torch.nn.EmbeddingBag, _qc.float_qparams_weight_only_qconfig)
+_RNN_TYPES = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, torch.nn.LSTMCell, torch.nn.GRUCell)
+
+
+def _dynamic_mapping(spec: QConfigMappingSpec | None = None, backend: str = "x86") -> Any:
+    """The dynamic preset: Linear weights per channel (or per tensor), in 8 or 7 bits (``DynamicSpec``,
+    resolved for this CPU); LSTM/GRU/RNN cells keep torch's per-tensor dynamic qconfig; embeddings get
+    int8 weight-only (float qparams), so an encoder's largest tables shrink ~4x like ONNX Runtime's."""
+    weight, _, weight_bits, _ = (spec or QConfigMappingSpec(preset="dynamic")).effective_dynamic(backend)
+    if weight_bits == 8:
+        linear = _qc.per_channel_dynamic_qconfig if weight == "per_channel" else _qc.default_dynamic_qconfig
+    else:
+        observer = _qc.PerChannelMinMaxObserver if weight == "per_channel" else _qc.MinMaxObserver
+        scheme = torch.per_channel_symmetric if weight == "per_channel" else torch.per_tensor_symmetric
+        linear = _qc.QConfig(  # type: ignore[no-untyped-call]  # unannotated in torch
+            activation=_qc.default_dynamic_quant_observer,
+            weight=observer.with_args(dtype=torch.qint8, qscheme=scheme, quant_min=-64, quant_max=63),
+        )
+    mapping = _global_mapping(linear)
+    for rnn in _RNN_TYPES:
+        mapping.set_object_type(rnn, _qc.default_dynamic_qconfig)
+    return mapping.set_object_type(torch.nn.Embedding, _qc.float_qparams_weight_only_qconfig).set_object_type(
+        torch.nn.EmbeddingBag, _qc.float_qparams_weight_only_qconfig
     )
 
 
@@ -72,7 +87,7 @@ MAPPING_PRESETS: dict[str, Callable[[str], Any]] = {
     "qat": lambda backend: _fx.get_default_qat_qconfig_mapping(backend),
     # Global, not per-type: prepare_fx fuses Linear+ReLU etc. and needs one qconfig across a
     # fused pattern. Only what the BackendConfig supports dynamically gets quantized.
-    "dynamic": lambda backend: _dynamic_mapping(),
+    "dynamic": lambda backend: _dynamic_mapping(backend=backend),
     "float16": lambda backend: _global_mapping(_qc.float16_dynamic_qconfig),
     "none": lambda backend: _fx.QConfigMapping(),
 }
@@ -130,6 +145,8 @@ def build_mapping(spec: QConfigMappingSpec, backend: str) -> Any:
             )
             for cls in (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d):
                 mapping.set_object_type(cls, transpose)
+    elif spec.preset == "dynamic":
+        mapping = _dynamic_mapping(spec, backend)
     elif spec.preset == "static":
         with warnings.catch_warnings():  # torch's onednn notice about CPUs without VNNI: handled right below
             warnings.filterwarnings("ignore", message=r"Default qconfig of oneDNN backend", category=UserWarning)

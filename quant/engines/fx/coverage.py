@@ -136,9 +136,16 @@ def _weight_dtype(module: nn.Module) -> Any:
     return getattr(packed, "dtype", None) or getattr(module, "dtype", None)
 
 
+def _torch_class(cls: type) -> type:
+    """``cls``, or the torch quantized class it specialises (quantstage's 8-bit dynamic Linear)."""
+    if cls.__module__.startswith("torch."):
+        return cls
+    return next((c for c in cls.__mro__ if c.__module__.startswith(_QUANTIZED_PREFIXES)), cls)
+
+
 def _quantized_form(module: nn.Module) -> str | None:
     """How ``module`` is quantized (``static int8``, ...), or None when it computes in float."""
-    cls = type(module)
+    cls = _torch_class(type(module))
     where = cls.__module__
     if where.startswith(_REFERENCE_PREFIXES):
         return REASON_REFERENCE

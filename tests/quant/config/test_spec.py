@@ -264,8 +264,46 @@ def _qconfig_for(mapping, object_type: object):
 @pytest.mark.parametrize("module_type", [nn.Linear, nn.LSTM], ids=["Linear", "LSTM"])
 def test_dynamic_maps_module_types_to_a_dynamic_qconfig(module_type: type) -> None:
     qconfig = _qconfig_for(fx_configs.qconfig_mapping(QuantSpec(mode="dynamic")), module_type)
-    assert qconfig is torch.ao.quantization.default_dynamic_qconfig
     assert qconfig.activation().is_dynamic
+    if module_type is nn.LSTM:  # recurrent layers keep torch's per-tensor dynamic qconfig
+        assert qconfig is torch.ao.quantization.default_dynamic_qconfig
+    else:  # Linear: per-channel weights, 7 bits on a CPU without VNNI/AMX (8-bit activations)
+        weight = qconfig.weight()
+        assert weight.qscheme == torch.per_channel_symmetric
+        bits = QuantSpec(mode="dynamic").resolved()["dynamic.weight_bits"]
+        assert (weight.quant_min, weight.quant_max) == ((-64, 63) if bits == 7 else (-128, 127))
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni", None])
+def test_dynamic_defaults_follow_the_cpu(monkeypatch: pytest.MonkeyPatch, isa: str | None) -> None:
+    """8-bit dynamic activations everywhere; 8-bit weights only where u8*s8 pairs cannot saturate int16."""
+    from quantstage.quant import hardware
+
+    monkeypatch.setattr(hardware, "has_int8_dot_product", lambda: isa)
+    spec = QuantSpec(mode="dynamic")
+    assert spec.resolved() == {
+        "dynamic.weight": "per_channel",
+        "dynamic.activation_bits": 8,
+        "dynamic.weight_bits": 8 if isa else 7,
+    }
+    assert spec.as_params()["resolved.dynamic"].startswith(
+        f"per_channel weights, 8-bit activations, {8 if isa else 7}-bit"
+    )
+    torch_default = QuantSpec(
+        mode="dynamic", qconfig_mapping={"preset": "dynamic", "dynamic": {"weight": "per_tensor", "activation_bits": 7}}
+    )
+    assert torch_default.resolved()["dynamic.weight_bits"] == 8  # 7-bit activations never saturate
+    assert (
+        _qconfig_for(fx_configs.qconfig_mapping(torch_default), nn.Linear)
+        is torch.ao.quantization.default_dynamic_qconfig
+    )
+    qnnpack = QuantSpec(mode="dynamic", backend="qnnpack").resolved()
+    assert qnnpack["dynamic.weight_bits"] == 8
+
+
+def test_dynamic_settings_need_the_dynamic_preset() -> None:
+    with pytest.raises(ValidationError, match=r"dynamic settings apply to the dynamic preset, not 'static'"):
+        QuantSpec(qconfig_mapping={"preset": "static", "dynamic": {"weight": "per_tensor"}})
 
 
 @pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning")
@@ -370,6 +408,6 @@ def test_digest_holds_what_the_machine_resolves(monkeypatch: pytest.MonkeyPatch)
     digests = {}
     for isa in ("avx512_vnni", None):
         monkeypatch.setattr(hardware, "has_int8_dot_product", lambda isa=isa: isa)
-        digests[isa] = (QuantSpec().digest(), fixed.digest(), QuantSpec(mode="dynamic").digest())
+        digests[isa] = (QuantSpec().digest(), fixed.digest(), QuantSpec(mode="float16").digest())
     assert digests["avx512_vnni"][0] != digests[None][0]
     assert digests["avx512_vnni"][1:] == digests[None][1:]

@@ -220,4 +220,4 @@ def test_factory_reads_a_checkpoint_folder(tmp_path) -> None:
     model = build_from_factory(source.factory, source.kwargs, source.folder)
     x = torch.randn(3, 4)
     assert torch.equal(model.eval()(x), trained.eval()(x))
-    assert source.label == "from_folder"
+    assert source.label == "test_sources.from_folder"  # module and function: the default registered name

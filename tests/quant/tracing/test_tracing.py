@@ -347,7 +347,9 @@ def test_dynamic_submodules_quantize_embeddings_outside_them_weight_only() -> No
     assert "quantized weight-only" in result.coverage.summary()
     with torch.no_grad():
         assert sqnr_db(model(*args), result.model(*args)) >= 30.0
-    assert serialized_size(result.model) < serialized_size(model) / 3
+    # the 1000-row table stored int8 (a per-row scale and offset; tiny tables are mostly that overhead)
+    assert serialized_size(result.model.get_submodule("embed")) < serialized_size(model.get_submodule("embed")) / 3
+    assert serialized_size(result.model) < serialized_size(model) / 2
     kept = _submodules(model, QuantSpec(mode="dynamic", skip_modules=(embeddings[0],)), args, timing_repeats=0)
     assert embeddings[0] not in kept.coverage.weight_only
     assert isinstance(kept.model.get_submodule(embeddings[0]), torch.nn.Embedding)
