@@ -13,17 +13,26 @@ from prefect import flow, runtime
 from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field, model_validator
 
+from quantstage.flows.hooks import CLOSE_RUNS_ON_CANCEL, CLOSE_RUNS_ON_CRASH
 from quantstage.flows.params import StageParams
 from quantstage.flows.unit import UnitJob, convert_unit
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.errors import QuantStageError
 from quantstage.quant.report.markdown import set_verdict
 from quantstage.tasks.load import load_data, load_model, source_identity
+from quantstage.tasks.preflight import check_tracking_store
 from quantstage.tasks.publish import PublishRequest, event_payload, publish
 from quantstage.tasks.record import lineage
 from quantstage.tasks.registry import find_version_by_key
 from quantstage.tasks.report import publish_report
-from quantstage.tasks.track import digest, end_run, log_data_lineage, start_run
+from quantstage.tasks.track import (
+    close_failed,
+    digest,
+    end_run,
+    log_data_lineage,
+    recover_orphaned_runs,
+    start_run,
+)
 
 __all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
 
@@ -105,12 +114,76 @@ def _skipped(params: ConvertParams, existing: dict[str, Any], key: str, why: str
     )
 
 
-@flow(name="convert", flow_run_name=_run_name, log_prints=True)
+def _request(
+    params: ConvertParams,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    passed: bool,
+    metrics: dict[str, float],
+    description: str,
+) -> PublishRequest:
+    """What publishing one conversion's model asks for (the alias, the comparison, the event)."""
+    event = event_payload(
+        metrics,
+        source_uri=params.source_label,
+        source_version=tags.get("source_version", ""),
+        mlflow_run_id=run_id,
+        flow_run_id=tags.get("flow_run_id", ""),
+    )
+    return PublishRequest(
+        name=params.target_name,
+        model_uri=model_uri,
+        run_id=run_id,
+        lineage=tags,
+        passed=passed,
+        metrics=metrics,
+        description=description,
+        alias=params.alias,
+        promote_if=params.promote_if,
+        eval_digest=params.eval_digest(),
+        force=params.force,
+        event=event,
+    )
+
+
+def _resume(params: ConvertParams, existing: dict[str, Any], key: str) -> ConvertResult:
+    """A version registered by a conversion stopped before its promotion was decided: decide it now."""
+    tags, run_id = existing["tags"], existing["run_id"]
+    passed = tags.get("gates_passed") == "true"
+    published = publish(_request(params, existing["source"], run_id, tags, passed, existing["metrics"], ""))
+    end_run(run_id, "FINISHED" if passed else "FAILED", {"quantstage.resumed_by": str(runtime.flow_run.id)})
+    reason = f"resumed the publication of version {existing['version']} (its conversion stopped after registering it): {published.reason}"
+    print(reason)
+    return ConvertResult(
+        run_id=run_id,
+        model_uri=existing["source"],
+        registered_name=params.target_name,
+        version=existing["version"],
+        promoted=published.promoted,
+        metrics=existing["metrics"],
+        gates=[],
+        idempotency_key=key,
+        reason=reason,
+    )
+
+
+@flow(
+    name="convert",
+    flow_run_name=_run_name,
+    log_prints=True,
+    on_cancellation=CLOSE_RUNS_ON_CANCEL,
+    on_crashed=CLOSE_RUNS_ON_CRASH,
+)
 def convert_flow(params: ConvertParams) -> ConvertResult:
     """Convert a float model to int8, validate, benchmark, log, register and promote."""
     name, flow_run_id = params.target_name, str(runtime.flow_run.id)
+    check_tracking_store()  # seconds, one line, before anything is loaded
     key = params.idempotency_key(source_identity(params.source))
+    recover_orphaned_runs(params.experiment, key)
     if not params.force and (existing := find_version_by_key(name, key)):
+        if "promoted" not in existing["tags"]:  # registered, promotion never decided: finish that conversion
+            return _resume(params, existing, key)
         return _skipped(params, existing, key, "already converted")
     source = load_model(params.source)
     if (loaded_key := params.idempotency_key(source.identity)) != key:
@@ -120,7 +193,11 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
     run_id = start_run(
         params.experiment,
         f"{name} from {params.source_label}",
-        {"quantstage.source_uri": params.source_label, "quantstage.flow_run_id": flow_run_id},
+        {
+            "quantstage.source_uri": params.source_label,
+            "quantstage.flow_run_id": flow_run_id,
+            "quantstage.idempotency_key": key,
+        },
     )
     try:
         log_data_lineage(run_id, dataset, params.data)
@@ -147,28 +224,8 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             promote_if=params.promote_if,
             flow_run_url=runtime.flow_run.ui_url if PREFECT_UI_URL.value() else None,
         )
-        published = publish(
-            PublishRequest(
-                name=name,
-                model_uri=unit.model_uri,
-                run_id=run_id,
-                lineage=tags,
-                passed=unit.passed,
-                metrics=unit.metrics,
-                description=f"int8 ({unit.spec.backend}, {unit.spec.mode}) of {params.source_label} (version {source.version})",
-                alias=params.alias,
-                promote_if=params.promote_if,
-                eval_digest=params.eval_digest(),
-                force=params.force,
-                event=event_payload(
-                    unit.metrics,
-                    source_uri=params.source_label,
-                    source_version=source.version or "",
-                    mlflow_run_id=run_id,
-                    flow_run_id=flow_run_id,
-                ),
-            )
-        )
+        described = f"int8 ({unit.spec.backend}, {unit.spec.mode}) of {params.source_label} (version {source.version})"
+        published = publish(_request(params, unit.model_uri, run_id, tags, unit.passed, unit.metrics, described))
         if published.duplicate_of is not None and (existing := find_version_by_key(name, key)):
             end_run(run_id, "FINISHED", {"quantstage.duplicate_of": f"{name}/{published.duplicate_of}"})
             return _skipped(params, existing, key, "registered meanwhile by another run")  # a concurrent run won
@@ -184,8 +241,8 @@ def convert_flow(params: ConvertParams) -> ConvertResult:
             if published.promoted
             else f"not promoted: {published.reason}"
         )
-    except BaseException:
-        end_run(run_id, "FAILED")
+    except BaseException as exc:
+        close_failed(run_id, exc)  # never raises: the error raised stays the original one
         raise
     end_run(run_id, "FINISHED")
     return ConvertResult(

@@ -16,9 +16,34 @@ from quantstage.quant.measure.gates import GatesConfig
 from quantstage.quant.search.fallback import FallbackConfig
 from quantstage.tasks.track import digest
 
-__all__ = ["MODEL_URI", "SourceParams", "StageParams"]
+__all__ = ["MODEL_URI", "SourceParams", "StageParams", "check_alias", "check_registry_name"]
 
 MODEL_URI = re.compile(r"^(models:/[^/@]+(/\d+|@[^/]+)|runs:/[^/]+/.+)$")
+# MLflow's rules (no '/' or ':' in a name; aliases of word characters and '-', 'latest' and 'v<N>'
+# reserved) plus quantstage's: a name starts with a letter, digit or '_' and has no '..'.
+REGISTRY_NAME = re.compile(r"^[A-Za-z0-9_][^/:]{0,255}$")
+ALIAS = re.compile(r"^[\w\-]{1,255}$")
+
+
+def check_registry_name(name: str, what: str) -> str:
+    """``name`` when MLflow can register it, else ValueError naming ``what`` and the rule."""
+    if not REGISTRY_NAME.match(name) or ".." in name or name != name.strip():
+        raise ValueError(
+            f"{what} {name!r} is not a registry name: it must start with a letter, digit or '_', have no '/', ':' "
+            f"or '..' and no surrounding spaces (at most 256 characters); fix: e.g. 'my-model-int8'"
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` when MLflow accepts it as an alias, else ValueError with the rule."""
+    if not ALIAS.match(alias):
+        raise ValueError(
+            f"alias {alias!r} may hold only letters, digits, '_' and '-' (1-255 of them); fix: e.g. 'champion'"
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ValueError(f"alias {alias!r} is reserved by MLflow ('latest' and 'v<number>'); fix: e.g. 'champion'")
+    return alias
 
 
 class SourceParams(BaseModel):
@@ -59,6 +84,11 @@ class SourceParams(BaseModel):
             )
         return value
 
+    @field_validator("registered_name")
+    @classmethod
+    def _registrable(cls, value: str | None) -> str | None:
+        return None if value is None else check_registry_name(value, "registered_name")
+
     @model_validator(mode="after")
     def _one_model(self) -> SourceParams:
         if (self.model_uri is None) == (self.model is None):
@@ -66,7 +96,21 @@ class SourceParams(BaseModel):
                 "give exactly one of model_uri (an MLflow model URI) or model (a model source: uri, factory + "
                 "weights, or a trusted pickle)"
             )
+        check_registry_name(self.target_name, "the registered name derived from the source")
+        source = self.source_registry_name
+        if source is not None and self.target_name == source:
+            raise ValueError(
+                f"registered_name {self.target_name!r} is the source model's own name: the int8 model would become "
+                f"a version of the float model and could take its alias; fix: pick another name (default "
+                f"{source}-int8)"
+            )
         return self
+
+    @property
+    def source_registry_name(self) -> str | None:
+        """The registered name of a ``models:/`` source (None for other sources)."""
+        uri = self.source.uri or ""
+        return re.split(r"[/@]", uri[len("models:/") :])[0] if uri.startswith("models:/") else None
 
     @property
     def source(self) -> ModelSource:
@@ -120,6 +164,12 @@ class StageParams(SourceParams):
     )
     sensitivity_batches: int = Field(4, ge=1, description="Calibration batches the sensitivity analysis runs.")
     alias: str = Field("champion", description="Alias moved to the new version when every gate passes.")
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, value: str) -> str:
+        return check_alias(value)
+
     promote_if: Literal["gates", "better"] = Field(
         "better",
         description="'gates': move the alias when every gate passes; 'better': only when, in addition, the new "

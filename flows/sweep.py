@@ -22,15 +22,11 @@ and write its artifact store — a folder every worker mounts at the same path, 
 server with a proxied artifact store (``mlflow server --serve-artifacts``). Workers reach the
 Prefect API through the settings Prefect ships with each task (``PREFECT_API_URL``).
 
-Fairness: latencies measured while other candidates run beside them are not comparable, so
-each unit of work only screens latency (``screening_iterations`` timed calls). After every
-candidate has finished (and a temporary cluster is gone), the finalists — the ``finalists``
-fastest passing candidates by the screening numbers — are re-benchmarked here, one at a time,
-against the float model (``benchmark_iterations`` calls), and the ranking uses those numbers
-(``fairness=sequential_rebenchmark``; the comparison table shows both). Ranking policies are in
-``quant.search.ranking``. The winner is published like a single conversion (``tasks.publish``). A candidate whose unit of work raised is recorded with its error and never
-wins; when no candidate passes every gate nothing is registered and the flow fails
-(``SweepFailure``, listing each candidate's failing gates).
+Fairness: latencies measured beside other candidates are not comparable, so units only screen
+latency (``screening_iterations``); the ``finalists`` fastest passing candidates are then
+re-benchmarked here one at a time (``benchmark_iterations``) and ranked on those numbers
+(``quant.search.ranking``). The winner is published like a single conversion; a candidate that
+raised never wins; when none passes every gate nothing is registered (``SweepFailure``).
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ from prefect.futures import wait
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from quantstage.flows.hooks import CLOSE_RUNS_ON_CANCEL, CLOSE_RUNS_ON_CRASH
 from quantstage.flows.sweep_params import FAIRNESS, SweepParams, SweepResult, expand_grid
 from quantstage.flows.unit import UnitJob, UnitResult, convert_candidate
 from quantstage.quant.config.spec import QuantSpec
@@ -51,6 +48,7 @@ from quantstage.quant.errors import QuantStageError, SpecError
 from quantstage.quant.report.markdown import set_verdict
 from quantstage.quant.search.ranking import CandidateScore, Ranking, comparison_table, failure_summary, finalists, rank
 from quantstage.tasks.load import load_data, load_model, source_identity
+from quantstage.tasks.preflight import check_tracking_store
 from quantstage.tasks.publish import PublishRequest, event_payload, publish
 from quantstage.tasks.record import lineage
 from quantstage.tasks.registry import find_version_by_key
@@ -63,7 +61,7 @@ from quantstage.tasks.sweep import (
     start_candidate_runs,
     tracking_uri,
 )
-from quantstage.tasks.track import end_run, log_data_lineage, start_run
+from quantstage.tasks.track import close_failed, end_run, log_data_lineage, start_run
 
 __all__ = [
     "FAIRNESS",
@@ -218,13 +216,20 @@ def _sweep_metrics(scores: list[CandidateScore], winner: UnitResult | None) -> d
     }
 
 
-@flow(name="sweep", flow_run_name=_run_name, log_prints=True)
+@flow(
+    name="sweep",
+    flow_run_name=_run_name,
+    log_prints=True,
+    on_cancellation=CLOSE_RUNS_ON_CANCEL,
+    on_crashed=CLOSE_RUNS_ON_CRASH,
+)
 def sweep_flow(params: SweepParams) -> SweepResult:
     """Evaluate every candidate spec in parallel, re-benchmark the finalists alone, register and
     promote only the winner; publish the comparison table."""
     runner = build_task_runner(params)  # fails fast when the runner's package is missing
     specs = params.candidate_specs()
     target, flow_run_id = params.target_name, str(runtime.flow_run.id)
+    check_tracking_store()  # seconds, one line, before anything is loaded
     key = params.idempotency_key(source_identity(params.source))
     if not params.force and (existing := find_version_by_key(target, key)):
         reason = (
@@ -368,8 +373,8 @@ def sweep_flow(params: SweepParams) -> SweepResult:
             "FINISHED",
             {"quantstage.winner": "true", "quantstage.registered_version": published.version or ""},
         )
-    except BaseException:
-        end_run(parent, "FAILED")
+    except BaseException as exc:
+        close_failed(parent, exc)  # never raises: the error raised stays the original one
         raise
     end_run(
         parent,

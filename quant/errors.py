@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ArtifactError",
     "ConversionError",
@@ -10,7 +12,17 @@ __all__ = [
     "SourceError",
     "SpecError",
     "TracingError",
+    "one_line",
 ]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` as one line: terminal colour codes dropped, lines joined with "; ", spaces collapsed."""
+    lines = [" ".join(line.split()) for line in _ANSI.sub("", text).splitlines()]
+    joined = "; ".join(line for line in lines if line)
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
 
 
 class QuantStageError(Exception):

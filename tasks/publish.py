@@ -5,8 +5,10 @@ idempotency key (another run may have registered it meanwhile: then nothing is r
 register with the lineage tags, decide the promotion (every gate passed and, with
 ``promote_if: better``, no worse than the alias holder — compared *inside* the lock, so two
 runs cannot both promote over the same holder), move the alias, tag the verdict; then the
-``quantstage.model.promoted`` event. A retry after a transient failure finds its own version
-(same run id) and completes it.
+``quantstage.model.promoted`` event. Register → promote → tag is one transaction: a failure or a
+stop in the middle withdraws the version (the alias goes back to its holder, an emptied registered
+model is deleted); where even that cannot reach the store, the retry or the next run of the same
+key finds the version (same run id) and completes it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from quantstage.tasks._common import IO_RETRIES, run_logger
 from quantstage.tasks.events import PROMOTED, emit_model_event
 from quantstage.tasks.registry import (
+    alias_version,
     compare_with_holder,
     find_version,
     register_version,
     registry_lock,
     set_alias,
     tag_version,
+    withdraw_version,
 )
 
 __all__ = ["Publication", "PublishRequest", "publish"]
@@ -78,13 +82,20 @@ def publish(request: PublishRequest) -> Publication:
                 duplicate_of=existing["version"], reason=f"registered meanwhile by run {existing['run_id']}"
             )
         if existing is not None and existing["run_id"] == request.run_id:
-            version = existing["version"]  # a retry: this run registered it already
+            version = existing["version"]  # a retry or a resume: this run registered it already
+            previous = None
         else:
+            previous = alias_version(request.name, request.alias)
             version = register_version(request.model_uri, request.name, request.lineage, request.description)
-        promoted, reason = _decide(request, version)
-        if promoted:
-            set_alias(request.name, version, request.alias)
-        tag_version(request.name, version, {"promoted": str(promoted).lower(), "promotion_reason": reason[:4000]})
+        try:
+            promoted, reason = _decide(request, version)
+            if promoted:
+                set_alias(request.name, version, request.alias)
+            tag_version(request.name, version, {"promoted": str(promoted).lower(), "promotion_reason": reason[:4000]})
+        except BaseException:
+            if existing is None:  # one transaction: no untagged version, no alias moved half-way
+                withdraw_version(request.name, version, request.alias, previous)
+            raise
     if promoted:
         emit_model_event(PROMOTED, request.name, version, {"alias": request.alias, "reason": reason, **request.event})
     run_logger().info(

@@ -14,6 +14,7 @@ from quantstage.tasks._common import IO_RETRIES, run_logger
 
 __all__ = [
     "REGISTRY_LIMIT",
+    "alias_version",
     "compare_with_holder",
     "register_model",
     "find_version",
@@ -22,6 +23,7 @@ __all__ = [
     "registry_lock",
     "set_alias",
     "tag_version",
+    "withdraw_version",
 ]
 
 REGISTRY_LIMIT = "quantstage-registry"
@@ -56,7 +58,20 @@ def register_version(model_uri: str, name: str, tags: Mapping[str, str], descrip
     """Register ``model_uri`` as a new version of ``name`` with lineage ``tags``; return the version."""
     import torch
 
-    mv = mlflow.register_model(model_uri, name, tags={"torch_version": torch.__version__, **tags})
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+        existed = True
+    except mlflow.exceptions.MlflowException:
+        existed = False
+    try:
+        mv = mlflow.register_model(model_uri, name, tags={"torch_version": torch.__version__, **tags})
+    except BaseException:
+        if not existed:  # no empty registered model left behind by a failure between its two steps
+            with contextlib.suppress(Exception):
+                if not client.search_model_versions(f"name = '{name}'"):
+                    client.delete_registered_model(name)
+        raise
     if description:
         mlflow.MlflowClient().update_model_version(name, mv.version, description=description)
     run_logger().info("registered %s version %s", name, mv.version)
@@ -74,6 +89,33 @@ def set_alias(name: str, version: str, alias: str) -> None:
     """Point ``alias`` of registered model ``name`` at ``version``."""
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     run_logger().info("models:/%s@%s -> version %s", name, alias, version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version ``alias`` of ``name`` points at now (None: no such alias or model)."""
+    holder = _alias_holder(mlflow.MlflowClient(), name, alias)
+    return None if holder is None else str(holder.version)
+
+
+def withdraw_version(name: str, version: str, alias: str, previous: str | None) -> None:
+    """Undo a registration that could not be completed, best effort: point ``alias`` back at
+    ``previous`` (or remove it), delete ``version`` and the registered model if it is left empty.
+
+    The rollback half of publishing's register → promote → tag transaction; whatever cannot be
+    undone now (the store is down) is completed instead by the rerun, which finds the version by
+    its idempotency key."""
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(Exception):
+        if alias_version(name, alias) == str(version):
+            if previous is None:
+                client.delete_registered_model_alias(name, alias)
+            else:
+                client.set_registered_model_alias(name, alias, previous)
+    with contextlib.suppress(Exception):
+        client.delete_model_version(name, version)
+        if not client.search_model_versions(f"name = '{name}'"):
+            client.delete_registered_model(name)
+    run_logger().warning("withdrew %s version %s: its publication did not complete", name, version)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from prefect import task
 
 from quantstage.quant.data.inputs import args_of, batch_len, head
 from quantstage.quant.data.sources import Batch, Dataset, DataSpec, batches_digest
+from quantstage.quant.errors import one_line
 from quantstage.tasks._common import IO_RETRIES, run_logger
 from quantstage.tasks.record import ConversionRecord
 
@@ -32,12 +34,15 @@ __all__ = [
     "TORCH_REQUIREMENT",
     "digest",
     "end_run",
+    "close_failed",
+    "close_runs_of",
     "experiment_id",
     "fail_run",
     "log_conversion",
     "log_data_lineage",
     "log_metrics",
     "log_pytorch_model",
+    "recover_orphaned_runs",
     "start_run",
     "use_tracking_uri",
 ]
@@ -84,6 +89,68 @@ def fail_run(run_id: str, error: str, detail: str = "", metrics: Mapping[str, fl
         client.set_terminated(run_id, status="FAILED")
 
 
+def close_failed(run_id: str, exc: BaseException) -> None:
+    """Best effort, never raises: the run of a conversion that raised ends FAILED (KILLED when the flow
+    run was cancelled), tagged with the one-line reason. The original error stays the one raised."""
+    from prefect.exceptions import TerminationSignal
+
+    killed = isinstance(exc, TerminationSignal)
+    status = "KILLED" if killed else "FAILED"
+    reason = "cancelled" if killed else one_line(f"{type(exc).__name__}: {exc}", 500)
+    with contextlib.suppress(Exception):
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "quantstage.error", reason)
+        client.set_terminated(run_id, status=status)
+
+
+def close_runs_of(flow_run_id: str, status: str, reason: str) -> list[str]:
+    """Best effort, never raises: every MLflow run a flow run left RUNNING ends ``status`` (KILLED on
+    cancel, FAILED on crash) tagged with ``reason``; return their ids. The flow's on_cancellation
+    and on_crashed hook: there the flow's own code never got to close them."""
+    closed: list[str] = []
+    with contextlib.suppress(Exception):
+        client = mlflow.MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        query = f"tags.`quantstage.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs(experiments, query) if experiments else []:
+            client.set_tag(run.info.run_id, "quantstage.error", reason)
+            client.set_terminated(run.info.run_id, status=status)
+            closed.append(run.info.run_id)
+    return closed
+
+
+@task(name="recover_orphaned_runs", **IO_RETRIES)
+def recover_orphaned_runs(experiment: str, key: str) -> list[str]:
+    """Runs of this conversion (same idempotency key) still RUNNING although their flow run ended or
+    vanished — a killed process left them — marked FAILED with the reason; return their ids."""
+    from prefect.client.orchestration import get_client
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.`quantstage.idempotency_key` = '{key}' and attributes.status = 'RUNNING'"
+    )
+    orphans = []
+    with get_client(sync_client=True) as prefect:
+        for run in runs:
+            flow_run_id = run.data.tags.get("quantstage.flow_run_id", "")
+            try:
+                state = prefect.read_flow_run(uuid.UUID(flow_run_id)).state if flow_run_id else None
+            except Exception:
+                state = None
+            if state is not None and not state.is_final():
+                continue  # its flow run is alive: a concurrent conversion, not an orphan
+            reason = f"orphaned: flow run {flow_run_id or '?'} ended ({state.name if state else 'unknown'}) without closing it"
+            client.set_tag(run.info.run_id, "quantstage.error", reason)
+            client.set_terminated(run.info.run_id, status="FAILED")
+            orphans.append(run.info.run_id)
+    if orphans:
+        run_logger().warning("marked %d orphaned MLflow run(s) FAILED: %s", len(orphans), ", ".join(orphans))
+    return orphans
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
     """Best effort: log ``metrics`` to a run after the fact (timings)."""
     with contextlib.suppress(Exception):
@@ -116,6 +183,10 @@ def log_pytorch_model(
     args = args_of(example)
     with torch.no_grad():
         output = model(*args)
+    model_id = None
+    if run_id is not None:  # filed in the run's experiment (MLflow would use the default "0")
+        experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+        model_id = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment).model_id
     output_np = output.detach().numpy() if isinstance(output, torch.Tensor) else None
     if len(args) == 1 and isinstance(args[0], torch.Tensor):
         info = mlflow.pytorch.log_model(
@@ -126,6 +197,7 @@ def log_pytorch_model(
             input_example=args[0].numpy(),
             pip_requirements=[TORCH_REQUIREMENT],
             run_id=run_id,
+            model_id=model_id,
         )
         return str(info.model_uri)
     names = tuple(names or (f"input_{i}" for i in range(len(args))))
@@ -137,6 +209,7 @@ def log_pytorch_model(
         signature=infer_signature(arrays, output_np),
         pip_requirements=[TORCH_REQUIREMENT],
         run_id=run_id,
+        model_id=model_id,
     )
     target = run_id or mlflow.active_run().info.run_id  # type: ignore[union-attr]
     mlflow.MlflowClient().log_dict(target, {n: a.tolist() for n, a in arrays.items()}, "model/input_example.json")

@@ -4,10 +4,10 @@ the model/data source flags, and where to look afterwards."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -37,18 +37,42 @@ EXIT_GATE_FAILED = 3
 
 
 class _DropTracebacks(logging.Filter):
-    """Keep Prefect's failure lines but not their tracebacks (unless --debug)."""
+    """On the console: no tracebacks (unless --debug), and no lines at all about a quantstage error,
+    which the CLI prints itself as its one line. Prefect's API log handler sits before the console
+    handler (on the ``prefect.*`` loggers, not the root), so the UI keeps the full traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from quantstage.quant.errors import QuantStageError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, QuantStageError) or type(exc).__name__ == "GateFailure":
+            return False
+        if record.levelno >= logging.ERROR and "Finished in state Failed" in str(record.msg):
+            ours = {c.__name__ for c in _subclasses(QuantStageError)} | {"GateFailure"}
+            if any(f"exception {name}:" in record.getMessage() for name in ours):
+                return False  # the task's failure line about an error the CLI prints itself
         record.exc_info = None
         record.exc_text = None
         return True
 
 
+def _subclasses(cls: type[Exception]) -> list[type[Exception]]:
+    found = [cls]
+    for direct in cls.__subclasses__():
+        found += _subclasses(direct)
+    return found
+
+
 def quiet_prefect_tracebacks() -> None:
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not logging.getLogger().handlers:
+        setup_logging()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_DropTracebacks())
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(_DropTracebacks())
 
 
 def one_line(exc: ValidationError, source: str) -> str:
@@ -58,16 +82,22 @@ def one_line(exc: ValidationError, source: str) -> str:
     return f"invalid {source}: {first_error(exc)}{extra}"
 
 
-def load_config(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise BadInput(f"config file {path!r} does not exist; pass the path of a YAML/JSON file of convert parameters")
+def load_config(path: str, fields: Sequence[str]) -> dict[str, Any]:
+    """The parameters a ``--config`` file holds; an unknown top-level key is named with the nearest field."""
+    from quantstage.quant.config.files import read_mapping
+    from quantstage.quant.errors import SpecError
+
     try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise BadInput(f"config file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise BadInput(f"config file {path!r} must hold a mapping of convert parameters, got {type(data).__name__}")
+        data = read_mapping(path, "config file")
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+    for key in data:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise BadInput(
+                f"config file {path!r} has the unknown key {key!r}; {hint}allowed: {', '.join(sorted(fields))}"
+            )
     return data
 
 

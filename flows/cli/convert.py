@@ -25,7 +25,7 @@ __all__ = ["add_convert_parser", "add_demo_parser"]
 def _convert_params(args: argparse.Namespace) -> Any:
     from quantstage.flows.convert import ConvertParams
 
-    raw = load_config(args.config) if args.config else {}
+    raw = load_config(args.config, list(ConvertParams.model_fields)) if args.config else {}
     if args.spec:
         from quantstage.quant.config.spec import load_spec
         from quantstage.quant.errors import SpecError
@@ -80,7 +80,9 @@ def _print_summary(result: Any) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     params = _convert_params(args)
     from quantstage.flows.convert import convert_flow
+    from quantstage.tasks.preflight import check_store
 
+    check_store()  # an unreachable store: one line in seconds, before Prefect starts
     result = convert_flow(params)
     _print_summary(result)
     where_to_look()

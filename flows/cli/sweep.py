@@ -28,7 +28,7 @@ __all__ = ["add_sweep_parser"]
 def _sweep_params(args: argparse.Namespace) -> Any:
     from quantstage.flows.sweep_params import SweepParams
 
-    raw = load_config(args.config) if args.config else {}
+    raw = load_config(args.config, list(SweepParams.model_fields)) if args.config else {}
     if args.candidate:
         from quantstage.quant.config.spec import load_spec
         from quantstage.quant.errors import SpecError
@@ -84,7 +84,9 @@ def _print_sweep(table: dict[str, list[Any]]) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     params = _sweep_params(args)
     from quantstage.flows.sweep import SweepFailure, sweep_flow
+    from quantstage.tasks.preflight import check_store
 
+    check_store()  # an unreachable store: one line in seconds, before Prefect starts
     state = sweep_flow(params, return_state=True)
     try:
         result = state.result()

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantstage.quant.config.dotted import resolve_all, resolve_dotted
+from quantstage.quant.config.files import read_mapping
 from quantstage.quant.config.qconfig import MappingPreset, QConfigMappingSpec, QConfigOverride
 from quantstage.quant.errors import SpecError
 
@@ -308,15 +308,8 @@ class QuantSpec(_Spec):
 
 def load_spec(path: str | Path) -> QuantSpec:
     """Load a QuantSpec from a ``.yaml``/``.yml``/``.json`` file, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {str(path)!r} does not exist; pass the path to a YAML or JSON spec")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {exc}") from exc
-    if isinstance(data, dict) and "spec" in data and len(data) == 1:
+    data: Any = read_mapping(path, "spec file")
+    if "spec" in data and len(data) == 1:
         data = data["spec"]
     try:
         return QuantSpec.model_validate(data or {})
@@ -327,6 +320,10 @@ def load_spec(path: str | Path) -> QuantSpec:
 def first_error(exc: ValidationError) -> str:
     """One line for the first error of a pydantic ValidationError: where, what, what was given."""
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "<root>"
+    where = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if not where:  # a check across fields: its message names them; the whole input would only repeat it
+        return msg
+    if len(err["loc"]) == 1 and msg.startswith(where):  # the message names the field already
+        return f"{msg} (got {err.get('input')!r})"
     return f"{where}: {msg} (got {err.get('input')!r})"

@@ -10,6 +10,7 @@ arguments in signature order, while the names stay known for the MLflow signatur
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,13 @@ __all__ = [
 ]
 
 Inputs = torch.Tensor | tuple[Any, ...]
+
+# What torch says when a batch has the wrong shape or dtype for a layer.
+_SHAPE_WORDS = re.compile(
+    r"shape|size|mat1|mat2|dimension|channels|expected .* (got|but)|out of range|scalar type|dtype", re.IGNORECASE
+)
+# What Python says when a batch has more or fewer arguments than forward takes.
+_ARGUMENT_WORDS = re.compile(r"positional argument|keyword argument|required argument")
 
 
 def args_of(inputs: Any) -> tuple[Any, ...]:
@@ -129,10 +137,16 @@ def check_inputs_fit(model: torch.nn.Module, example_inputs: Any, names: Sequenc
     try:
         with torch.no_grad():
             return call(model.eval(), example_inputs)
-    except Exception as exc:  # any failure here means the data does not fit the model
+    except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"data batch of shape {describe(example_inputs, names)} does not fit "
-            f"{type(model).__name__}.forward: {first_line}; fix: give data whose batches "
-            f"have the input shape the model was trained on"
+        shapes, where = describe(example_inputs, names), f"{type(model).__name__}.forward"
+        shape_complaint = isinstance(exc, (RuntimeError, IndexError)) and _SHAPE_WORDS.search(first_line)
+        if shape_complaint or (isinstance(exc, TypeError) and _ARGUMENT_WORDS.search(first_line)):
+            raise DataError(
+                f"data batch of shape {shapes} does not fit {where}: {first_line}; fix: give data whose batches "
+                f"have the input shape the model was trained on"
+            ) from exc
+        raise DataError(  # not a shape complaint: the forward itself may be what fails
+            f"{where} raised {type(exc).__name__} on a data batch of shape {shapes}: {first_line}; fix: if those "
+            f"are the inputs it was trained on, call the model on one batch outside quantstage and fix its forward"
         ) from exc

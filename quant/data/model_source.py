@@ -144,6 +144,12 @@ def build_from_factory(factory: str, kwargs: Mapping[str, Any], folder: str | No
         model = fn(folder, **kwargs) if folder is not None else fn(**kwargs)
     except TypeError as exc:
         raise SourceError(f"model factory {factory!r} rejected its arguments (kwargs {sorted(kwargs)}): {exc}") from exc
+    except Exception as exc:  # the factory's own failure: a user error, not ours (and never retried)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SourceError(
+            f"model factory {factory!r} raised {type(exc).__name__}: {first[:300]}; fix: call "
+            f"{factory.replace(':', '.')}(...) yourself with kwargs {sorted(kwargs)} and fix what it reports"
+        ) from exc
     if isinstance(model, torch.jit.ScriptModule):
         raise SourceError(
             f"model factory {factory!r} returned a ScriptModule; FX quantization needs the eager nn.Module"
@@ -167,7 +173,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - safetensors is a dependency
             raise SourceError("reading .safetensors needs the safetensors package: pip install safetensors") from exc
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as exc:  # truncated or not safetensors at all
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise SourceError(
+                f"weights file {str(path)!r} is not a readable .safetensors file ({first}); fix: save it again "
+                f"(safetensors.torch.save_file(model.state_dict(), path)) — it may be truncated"
+            ) from exc
     _refuse_torchscript(path, "weights file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

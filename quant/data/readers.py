@@ -62,6 +62,11 @@ def as_tensor(value: Any, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":  # strings, objects, dates: nothing a model computes on
+            raise DataError(
+                f"{what} holds {value.dtype} values; allowed: numbers (bool, int, float); fix: store the model's "
+                f"numeric inputs (token ids, not text)"
+            )
         return torch.from_numpy(np.ascontiguousarray(value))
     raise DataError(f"{what} is a {type(value).__name__}, not a tensor or array; fix: store tensors/arrays only")
 
@@ -87,11 +92,20 @@ def _read_file(path: str, target_key: str) -> Samples | list[Any]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {path!r} does not exist; fix: give an existing .pt/.pth/.npz/.npy path")
-    if p.suffix == ".npy":
-        return Samples(as_tensor(np.load(p, allow_pickle=False), path), None)
-    if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as npz:
-            return _samples_from_mapping({k: npz[k] for k in npz.files}, target_key, path)
+    if p.suffix in (".npy", ".npz"):
+        try:
+            if p.suffix == ".npy":
+                return Samples(as_tensor(np.load(p, allow_pickle=False), path), None)
+            with np.load(p, allow_pickle=False) as npz:
+                return _samples_from_mapping({k: npz[k] for k in npz.files}, target_key, path)
+        except DataError:
+            raise
+        except Exception as exc:  # object arrays (pickles), truncated or not NumPy at all
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise DataError(
+                f"data file {path!r} cannot be read as {p.suffix} without unpickling ({first}); fix: save numeric "
+                f"arrays with np.save/np.savez (no Python objects)"
+            ) from exc
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled objects: name the file and the fix

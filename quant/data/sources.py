@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from quantstage.quant.data.inputs import args_of, batch_len, bind_to_forward, describe, head
+from quantstage.quant.data.inputs import args_of, batch_len, bind_to_forward, describe, forward_parameters, head
 from quantstage.quant.data.readers import FILE_SUFFIXES, Batch, Samples, as_tensor, digits_split, normalize, read
 from quantstage.quant.errors import DataError
 
@@ -223,6 +223,20 @@ def _digits(spec: DataSpec) -> tuple[list[Batch], list[Batch]]:
     return train.batches(spec.batch_size), Samples(x_test, y_test).batches(spec.batch_size)
 
 
+def _check_finite(batches: list[Batch], names: tuple[str, ...] | None, split: str) -> None:
+    """DataError naming the first batch and input that holds NaN or Inf, with the count."""
+    for i, (inputs, _) in enumerate(batches):
+        for j, x in enumerate(args_of(inputs)):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                bad = int((~torch.isfinite(x)).sum())
+                if bad:
+                    name = names[j] if names and j < len(names) else f"#{j}"
+                    raise DataError(
+                        f"{split} batch {i}, input {name!r}: {bad} of {x.numel()} values are NaN or Inf; "
+                        f"quantization ranges would be meaningless; fix: clean the data or drop those samples"
+                    )
+
+
 def load_data(spec: DataSpec, model: torch.nn.Module | None = None) -> Dataset:
     """Build calibration and evaluation batches for ``spec``; dict batches are bound to ``model.forward``."""
     if spec.source == "digits" and spec.evaluation_source is None:
@@ -254,6 +268,9 @@ def load_data(spec: DataSpec, model: torch.nn.Module | None = None) -> Dataset:
         )
     calibration, names = _bind(calibration, model, f"data source {spec.source!r}")
     evaluation, eval_names = _bind(evaluation, model, f"data source {spec.evaluation_source or spec.source!r}")
+    shown = names or (tuple(p.name for p in forward_parameters(model)) if model is not None else None)
+    _check_finite(calibration, shown, f"{spec.source!r} calibration")
+    _check_finite(evaluation, eval_names or shown, f"{spec.evaluation_source or spec.source!r} evaluation")
     if names != eval_names and names is not None and eval_names is not None:
         raise DataError(
             f"calibration batches have arguments {list(names)}, evaluation batches {list(eval_names)}; fix: same keys in both"

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -164,3 +165,37 @@ def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None
 def test_negative_accuracy_budget_rejected(capsys) -> None:
     code, line = _run(capsys, "convert", "models:/m@a", "--max-accuracy-drop", "-0.5")
     assert code == EXIT_BAD_INPUT and "gates.max_accuracy_drop" in line
+
+
+@pytest.mark.flow
+def test_errors_found_in_the_flow_print_no_traceback_and_no_error_logs(tmp_path: Path) -> None:
+    """A fresh process, as a user runs it: a closed-port store is refused before Prefect starts;
+    an error the flow finds (a model that does not resolve) is one `quantstage:` line, with none
+    of Prefect's tracebacks or ERROR lines about it on the console (the Prefect UI keeps them)."""
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    argv = [sys.executable, "-m", "quantstage.flows.cli", "convert", "models:/nowhere@champion"]
+    closed = subprocess.run(
+        argv, capture_output=True, text=True, cwd=tmp_path, env={**base, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    )
+    assert closed.returncode == EXIT_BAD_INPUT
+    assert closed.stderr.strip().splitlines() == [
+        "quantstage: error: MLflow tracking server 'http://127.0.0.1:9' does not answer (connection refused or "
+        "unreachable within 5 s); fix: start it, or point MLFLOW_TRACKING_URI at a server that runs (unset: a "
+        "local store in this folder)"
+    ]
+    in_flow = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**base, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+    )
+    assert in_flow.returncode == EXIT_BAD_INPUT, in_flow.stderr
+    assert "Traceback" not in in_flow.stderr and "| ERROR" not in in_flow.stderr, in_flow.stderr
+    ours = [line for line in in_flow.stderr.splitlines() if line.startswith("quantstage:")]
+    assert len(ours) == 1 and "'models:/nowhere@champion' does not resolve" in ours[0], in_flow.stderr

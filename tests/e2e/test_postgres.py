@@ -23,11 +23,20 @@ import textwrap
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_deployments import STACK, _free_port, _kill_groups, _mlflow, _prefect, _tags, _versions
+from tests.e2e.test_deployments import (
+    STACK,
+    _client_credentials,
+    _free_port,
+    _kill_groups,
+    _mlflow,
+    _prefect,
+    _prefect_request,
+    _tags,
+    _versions,
+)
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(420)]  # ~100 s; more when apt-get installs PostgreSQL
 
@@ -111,12 +120,12 @@ def pg_stack(postgres: dict, tmp_path_factory: pytest.TempPathFactory):
     }
     try:
         began = time.monotonic()
-        started = subprocess.run([str(STACK)], env=env, capture_output=True, text=True, timeout=200, cwd=REPO_ROOT)
+        started = subprocess.run([str(STACK)], env=env, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
         assert started.returncode == 0, f"stack.sh failed:\n{started.stdout}\n{started.stderr}"
         print(started.stdout + f"stack up in {time.monotonic() - began:.1f}s")
-        yield client_env | {"QUANTSTAGE_STACK_DIR": str(state)}
+        yield client_env | _client_credentials(state) | {"QUANTSTAGE_STACK_DIR": str(state)}
     finally:
-        subprocess.run([str(STACK), "stop"], env=env, capture_output=True, timeout=90)
+        subprocess.run([str(STACK), "stop"], env=env, capture_output=True, timeout=120)
         _kill_groups(state)
 
 
@@ -125,9 +134,7 @@ def _disable_automations(env: dict) -> int:
     conversion is the one this test runs itself; test_deployments.py covers the triggers."""
     automations = _prefect(env, "/automations/filter", {})
     for automation in automations:
-        httpx.patch(
-            f"{env['PREFECT_API_URL']}/automations/{automation['id']}", json={"enabled": False}, timeout=30
-        ).raise_for_status()
+        _prefect_request(env, "PATCH", f"/automations/{automation['id']}", {"enabled": False}).raise_for_status()
     return len(automations)
 
 
@@ -198,7 +205,9 @@ def test_convert_on_postgres_backed_servers(postgres: dict, pg_stack: dict) -> N
         """
     )
     bare = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    bare |= {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PYTHONPATH": str(REPO_ROOT)}
+    # the server and its credentials
+    tracking = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    bare |= {k: env[k] for k in tracking} | {"PYTHONPATH": str(REPO_ROOT)}
     with tempfile.TemporaryDirectory() as cwd:
         out = subprocess.run(
             [sys.executable, "-c", load], env=bare, cwd=cwd, capture_output=True, text=True, timeout=120

@@ -71,3 +71,36 @@ def test_a_retry_completes_its_own_registration(mlflow_store: str, prefect_harne
     assert again.version == first.version and again.duplicate_of is None
     other = publish.fn(_request(*_logged(0.5), 0.5, "k-retry"))  # another run, same key: a duplicate
     assert other.version is None and other.duplicate_of == first.version
+
+
+@pytest.mark.parametrize("fresh_model", [True, False])
+def test_a_failure_mid_publication_withdraws_the_version(
+    mlflow_store: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch, fresh_model: bool
+) -> None:
+    """Register → promote → tag is one transaction: a failure after the alias moved leaves no
+    untagged version, the alias back on its holder, and no empty registered model."""
+    import sys
+
+    publishing = sys.modules[publish.fn.__module__]
+    name = f"withdraw-{fresh_model}-int8"
+    client = mlflow.MlflowClient()
+    holder = None
+    if not fresh_model:
+        holder = publish.fn(_request(*_logged(0.5), 0.5, "k-holder").model_copy(update={"name": name})).version
+
+    def broken_tag(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("store went away while tagging")
+
+    monkeypatch.setattr(publishing, "tag_version", broken_tag)
+    request = _request(*_logged(0.9), 0.9, "k-new").model_copy(update={"name": name})
+    with pytest.raises(RuntimeError, match="tagging"):
+        publish.fn(request)
+    versions = client.search_model_versions(f"name = '{name}'")
+    if fresh_model:
+        assert versions == [] and not client.search_registered_models(f"name = '{name}'")
+    else:
+        assert [str(v.version) for v in versions] == [holder]
+        assert str(client.get_model_version_by_alias(name, "champion").version) == holder
+    monkeypatch.undo()  # the rerun completes it: one new version, promoted
+    done = publish.fn(request)
+    assert done.promoted and len(client.search_model_versions(f"name = '{name}'")) == (1 if fresh_model else 2)

@@ -117,6 +117,9 @@ def reference_convert(
     attrs = model.meta[_OBSERVED_ATTRS]
     node_name_to_scope = dict(attrs.node_name_to_scope)
     if qconfig_mapping:
+        given = _fx.QConfigMapping.from_dict(qconfig_mapping) if isinstance(qconfig_mapping, dict) else qconfig_mapping
+        if attrs.qconfig_mapping is not None:  # convert_fx's rule, checked before torch asserts deep inside
+            configs.check_convert_mapping(attrs.qconfig_mapping, given)
         node_name_to_qconfig = _convert_time_node_name_to_qconfig(model, qconfig_mapping, backend_config)
     else:
         node_name_to_qconfig = dict(attrs.node_name_to_qconfig)

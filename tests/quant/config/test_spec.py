@@ -159,9 +159,9 @@ def test_load_spec_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("bad.yaml", "backend: [x86\n", r"is not valid yaml"),
-        ("bad.yml", "mode: static\n  - oops: [\n", r"is not valid yml"),
-        ("bad.json", '{"backend": "x86",', r"is not valid json"),
+        ("bad.yaml", "backend: [x86\n", r"is not valid YAML: line 2"),
+        ("bad.yml", "mode: static\n  - oops: [\n", r"is not valid YAML: line"),
+        ("bad.json", '{"backend": "x86",', r"is not valid JSON: line 1, column 19"),
     ],
     ids=["yaml", "yml", "json"],
 )
@@ -179,8 +179,8 @@ def test_load_spec_unparseable(tmp_path: Path, name: str, text: str, message: st
         ("backend: arm\n", r"is invalid: backend: .*\(got 'arm'\)"),
         ("bogus_field: 1\n", r"is invalid: bogus_field: Extra inputs are not permitted"),
         ("skip_object_types: [torch.nn.NoSuchLayer]\n", r"is invalid: skip_object_types: .*NoSuchLayer"),
-        ("skip_modules: ['']\n", r"is invalid: skip_modules: .*not a module path"),
-        ("- x86\n", r"is invalid: <root>: "),
+        ("skip_modules: ['']\n", r"is invalid: skip_modules entry '' is not a module path"),
+        ("- x86\n", r"must hold a mapping of fields, got a list"),
     ],
     ids=["calibration_batches", "backend", "extra", "skip_object_types", "skip_modules", "not-a-mapping"],
 )
