@@ -884,6 +884,9 @@ def render(r: dict[str, Any]) -> str:
     minilm = HERE / "MINILM.md"
     if minilm.exists():  # the real pretrained transformer (python -m bench.minilm, hf + bench extras)
         L += ["", *("#" + line if line.startswith("# ") else line for line in minilm.read_text().splitlines())]
+    engines = HERE / "ENGINES.md"
+    if engines.exists():  # the PT2E engine column beside FX (python -m bench.engines)
+        L += ["", *("#" + line if line.startswith("#") else line for line in engines.read_text().splitlines())]
     return "\n".join(L) + "\n"
 
 

@@ -86,12 +86,17 @@ class ConvertResult(BaseModel):
     reason: str = Field("", description="Why the alias moved or not, or why the run was skipped.")
 
 
+def _spec_label(spec: QuantSpec) -> str:
+    engine = "" if spec.engine == "fx" else f"{spec.engine} "
+    return f"[{engine}{spec.backend}/{spec.mode}]"
+
+
 def _run_name() -> str:
     params = runtime.flow_run.parameters.get("params")
     if isinstance(params, ConvertParams):
-        return f"convert {params.source_label} [{params.spec.backend}/{params.spec.mode}]"
+        return f"convert {params.source_label} {_spec_label(params.spec)}"
     spec = QuantSpec.model_validate((params or {}).get("spec", {}))
-    return f"convert {ConvertParams.raw_source_label(params)} [{spec.backend}/{spec.mode}]"
+    return f"convert {ConvertParams.raw_source_label(params)} {_spec_label(spec)}"
 
 
 def _skipped(params: ConvertParams, existing: dict[str, Any], key: str, why: str) -> ConvertResult:

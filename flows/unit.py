@@ -285,7 +285,7 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
         model_uri = log_conversion(
             job.run_id,
             record,
-            shipped=shipped.artifact.module if shipped.artifact else None,
+            shipped=shipped.artifact,
             bundle=shipped.bundle,
             example=dataset.example_inputs,
             input_names=dataset.input_names,

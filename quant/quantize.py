@@ -259,7 +259,7 @@ def prepare_model(
         try:
             return _whole(engine, model, spec, example)
         except TracingError as exc:
-            if spec.tracing == "whole":
+            if spec.tracing == "whole" or not engine.supports_submodules:
                 raise
             reason = str(exc)
             logger.info(

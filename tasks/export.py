@@ -16,10 +16,10 @@ from quantstage.quant.data.model_source import ModelSource
 from quantstage.quant.data.outputs import with_output
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.engines import get_engine
+from quantstage.quant.engines.base import ShippedFile
 from quantstage.quant.errors import ArtifactError
 from quantstage.quant.quantize import Quantized
 from quantstage.quant.ship.rebuild import save_bundle
-from quantstage.quant.ship.torchscript import TorchScriptArtifact, export_torchscript
 from quantstage.quant.ship.variants import VariantResult
 from quantstage.tasks._common import run_logger
 
@@ -38,7 +38,7 @@ class Shipped:
     """What ships: a verified artifact (``artifact``), or a rebuild bundle folder (``bundle``) when
     no deployable form reproduces the model (``why``); ``variants`` the forms tried."""
 
-    artifact: TorchScriptArtifact | None
+    artifact: ShippedFile | None
     bundle: str | None = None
     variants: list[VariantResult] = dataclasses.field(default_factory=list)
     why: str = ""
@@ -110,14 +110,15 @@ def export_model(
 
 
 @task(name="export_reference", cache_policy=NO_CACHE)
-def export_reference(quantized: Quantized, dataset: Dataset, out_dir: str) -> TorchScriptArtifact | None:
-    """Save the whole model's reference quantized model (before lowering) as verified TorchScript,
-    for compilers; None on the submodule path (each part's reference code is logged instead)."""
+def export_reference(quantized: Quantized, dataset: Dataset, out_dir: str) -> ShippedFile | None:
+    """Save the whole model's reference quantized model (before lowering), verified, for compilers: TorchScript
+    (fx) or an exported program (pt2e); None on the submodule path (each part's reference code is logged)."""
     if quantized.reference is None:
         return None
-    finalised = with_output(get_engine(quantized.engine).reference_module(quantized.reference), dataset.output_key)
-    artifact = export_torchscript(
-        finalised, Path(out_dir) / "reference" / "model_reference.pt", _verify_inputs(dataset)
+    engine = get_engine(quantized.engine)
+    finalised = with_output(engine.reference_module(quantized.reference), dataset.output_key)
+    artifact = engine.save_reference(
+        finalised, Path(out_dir) / "reference" / "model_reference", _verify_inputs(dataset)
     )
-    run_logger().info("reference TorchScript (%s): %s, %d bytes", artifact.method, artifact.path, artifact.size_bytes)
+    run_logger().info("reference model (%s): %s, %d bytes", artifact.method, artifact.path, artifact.size_bytes)
     return artifact

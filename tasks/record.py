@@ -54,6 +54,12 @@ def conversion_metrics(
     return metrics
 
 
+def _compile_metrics(quantized: Quantized) -> dict[str, float]:
+    """``compile_s``: the ahead-of-time compile of a lowered model that has one (PT2E's AOTInductor package)."""
+    seconds = getattr(quantized.model, "compile_s", None)
+    return {"compile_s": float(seconds)} if isinstance(seconds, (int, float)) else {}
+
+
 def _code_documents(quantized: Quantized) -> dict[str, str]:
     """The generated code of the shipped model and of the reference model, one file per part."""
     if quantized.tracing == "whole":
@@ -112,7 +118,9 @@ def conversion_record(
     }
     return ConversionRecord(
         params=params,
-        metrics=conversion_metrics(accuracy, benchmarks, gates, quantized.coverage) | dict(extra_metrics or {}),
+        metrics=conversion_metrics(accuracy, benchmarks, gates, quantized.coverage)
+        | _compile_metrics(quantized)
+        | dict(extra_metrics or {}),
         documents={"report.md": report, "spec.json": spec.to_json(), **_code_documents(quantized), **(documents or {})},
         json_documents={"gates.json": [g.as_dict() for g in gates]},
         tables=tables,

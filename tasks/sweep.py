@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.measure.benchmark import benchmark
 from quantstage.quant.search.ranking import CandidateScore, Ranking, tradeoff_chart
+from quantstage.quant.ship.aoti import AOTI_SUFFIX, load_aoti
 from quantstage.quant.ship.rebuild import rebuild
 from quantstage.tasks._common import IO_RETRIES, run_logger
 from quantstage.tasks.record import ConversionRecord
@@ -71,9 +72,13 @@ def start_candidate_runs(
 
 
 def _load_shipped(model_uri: str, shipped_as: str, tmp: str) -> torch.nn.Module:
-    """The model a candidate's run logged: its TorchScript module, or its rebuild bundle rebuilt."""
+    """The model a candidate's run logged: its TorchScript module, its AOTInductor package, or its rebuild
+    bundle rebuilt."""
     if shipped_as == "rebuild_bundle":
         return rebuild(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts/bundle", dst_path=tmp))
+    if shipped_as == "aoti_package":
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts", dst_path=tmp))
+        return load_aoti(next(folder.rglob(f"*{AOTI_SUFFIX}")))
     model: torch.nn.Module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     return model.eval()
 

@@ -27,6 +27,8 @@ from prefect import task
 from quantstage.quant.data.inputs import args_of, batch_len, head
 from quantstage.quant.data.sources import Batch, Dataset, DataSpec, batches_digest
 from quantstage.quant.errors import one_line
+from quantstage.quant.ship.aoti import AotiArtifact
+from quantstage.quant.ship.torchscript import TorchScriptArtifact
 from quantstage.tasks._common import IO_RETRIES, run_logger
 from quantstage.tasks.record import ConversionRecord
 
@@ -240,6 +242,29 @@ def _log_rebuild_model(run_id: str, bundle: str) -> str:
     return f"runs:/{run_id}/model"
 
 
+def log_aoti_model(run_id: str, artifact: AotiArtifact, example: Any, names: tuple[str, ...] | None) -> str:
+    """Log an AOTInductor package as a pyfunc model ("models from code": loading needs mlflow, numpy and
+    torch only) with its signature and input example; return its URI."""
+    args = args_of(example)
+    with torch.no_grad():
+        output = artifact.module(*args)
+    names = tuple(names or (f"input_{i}" for i in range(len(args))))
+    features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
+    with tempfile.TemporaryDirectory(prefix="quantstage-pyfunc-") as tmp:  # pyfunc.log_model needs an active run
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            local,
+            python_model=str(Path(__file__).with_name("aoti_model.py")),
+            artifacts={"package": str(artifact.path)},
+            signature=infer_signature(features, output.detach().numpy()),
+            input_example=features,
+            model_config={"input_names": list(names)},
+            pip_requirements=[TORCH_REQUIREMENT, "numpy"],
+        )
+        mlflow.MlflowClient().log_artifacts(run_id, str(local), "model")
+    return f"runs:/{run_id}/model"
+
+
 def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not np.isfinite(value) else value
 
@@ -270,17 +295,21 @@ def log_conversion(
     run_id: str,
     record: ConversionRecord,
     *,
-    shipped: torch.nn.Module | None,
+    shipped: Any,
     bundle: str | None,
     example: Any,
     input_names: tuple[str, ...] | None = None,
 ) -> str:
-    """Log ``record`` to the run, then the shipped model (the verified TorchScript module, or the
-    rebuild bundle as a pyfunc model); return the model's URI."""
+    """Log ``record`` to the run, then the shipped model (the verified TorchScript module, an AOTInductor
+    package or the rebuild bundle as a pyfunc model); return the model's URI. ``shipped`` is the artifact
+    export_model verified (``TorchScriptArtifact``, ``AotiArtifact``) or a TorchScript module."""
     client = mlflow.MlflowClient()
     log_record(client, run_id, record)
-    if shipped is not None:
-        model_uri = log_pytorch_model(shipped, head(example, 2), input_names, run_id=run_id)
+    if isinstance(shipped, AotiArtifact):
+        model_uri = log_aoti_model(run_id, shipped, head(example, 2), input_names)
+    elif shipped is not None:
+        module = shipped.module if isinstance(shipped, TorchScriptArtifact) else shipped
+        model_uri = log_pytorch_model(module, head(example, 2), input_names, run_id=run_id)
     elif bundle is not None:
         model_uri = _log_rebuild_model(run_id, bundle)
     else:

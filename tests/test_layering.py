@@ -9,6 +9,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 FX_ENGINE = ROOT / "quant" / "engines" / "fx"
+PT2E_ENGINE = ROOT / "quant" / "engines" / "pt2e"
 MAX_LINES = 400
 
 
@@ -53,10 +54,23 @@ def _fx_internal(name: str) -> bool:
 
 @pytest.mark.parametrize("path", _files("quant", "tasks", "flows", "quantstage"), ids=_id)
 def test_torch_ao_and_fx_only_in_the_fx_engine(path: Path) -> None:
+    """torch.ao and torch.fx belong to the FX engine; the PT2E engine reads torch.export's graphs, which are
+    torch.fx graphs (``torch.fx.Node``), and nothing else of them."""
     if FX_ENGINE in path.parents:
         return
     offending = {n for n in _imports(path) | _attribute_chains(path) if _fx_internal(n)}
+    if PT2E_ENGINE in path.parents:
+        offending -= {"torch.fx", "torch.fx.Node"}
     assert not offending, f"{_id(path)} uses {sorted(offending)}: FX belongs behind the engine seam (quant/engines/fx)"
+
+
+@pytest.mark.parametrize("path", _files("quant", "tasks", "flows", "quantstage", "bench"), ids=_id)
+def test_torchao_only_in_the_pt2e_engine(path: Path) -> None:
+    """Every torchao import is in quant/engines/pt2e (bench/pt2e.py, the peer row, is the one exception)."""
+    if PT2E_ENGINE in path.parents or path == ROOT / "bench" / "pt2e.py":
+        return
+    offending = {n for n in _imports(path) if n.split(".")[0] == "torchao"}
+    assert not offending, f"{_id(path)} imports {sorted(offending)}: torchao belongs in quant/engines/pt2e"
 
 
 @pytest.mark.parametrize("path", _files("quant", "tasks", "flows", "quantstage"), ids=_id)

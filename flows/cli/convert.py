@@ -36,6 +36,7 @@ def _convert_params(args: argparse.Namespace) -> Any:
             raise BadInput(str(exc)) from exc
     overrides = {
         "model_uri": args.model_uri,
+        "spec.engine": args.engine,
         "spec.backend": args.backend,
         "spec.mode": args.mode,
         "spec.calibration_batches": args.calibration_batches,
@@ -113,6 +114,9 @@ def add_convert_parser(sub: Any) -> None:
     )
     conv.add_argument("--config", help="YAML/JSON file of convert parameters (flags override it)")
     conv.add_argument("--spec", help="YAML/JSON QuantSpec file (replaces the config's spec; flags override it)")
+    conv.add_argument(
+        "--engine", help="fx (torch.ao FX, ships TorchScript) | pt2e (torch.export + torchao, ships AOTInductor)"
+    )
     conv.add_argument("--backend", help="x86 | fbgemm | qnnpack | onednn")
     conv.add_argument("--mode", help="static | dynamic | float16 | qat")
     conv.add_argument(

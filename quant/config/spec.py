@@ -111,8 +111,11 @@ class QuantSpec(_Spec):
     """How to quantize one model: engine, backend, mode, and every convert_fx argument as data."""
 
     version: Literal[1] = Field(default=1, description="Schema version of this spec.")
-    engine: Literal["fx"] = Field(
-        default="fx", description="Quantization engine: fx (torch.ao FX graph mode: prepare_fx, convert_fx decomposed)."
+    engine: Literal["fx", "pt2e"] = Field(
+        default="fx",
+        description="Quantization engine: fx (torch.ao FX graph mode: prepare_fx, convert_fx decomposed; ships "
+        "TorchScript) or pt2e (torch.export + torchao's prepare_pt2e/convert_pt2e with X86InductorQuantizer, "
+        "lowered by Inductor; ships an AOTInductor package; needs torchao, the pt2e extra).",
     )
     backend: Backend = Field(
         default="x86",
@@ -262,6 +265,12 @@ class QuantSpec(_Spec):
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
+    @property
+    def kernels(self) -> str:
+        """Whose int8 kernels run the model, for the machine-dependent defaults: the backend (fx), or
+        Inductor's oneDNN kernels (``"pt2e"``)."""
+        return "pt2e" if self.engine == "pt2e" else self.backend
+
     def resolved(self) -> dict[str, bool | int | str]:
         """The settings this spec leaves to the machine, as this machine resolves them: ``reduce_range``
         (7-bit static activations on x86/fbgemm/onednn without VNNI/AMX), the dynamic preset's weight
@@ -269,9 +278,9 @@ class QuantSpec(_Spec):
         resolves them differently."""
         mapping = self.mapping_spec()
         if self.mode == "static":
-            return {"reduce_range": mapping.effective_reduce_range(self.backend)[0]}
+            return {"reduce_range": mapping.effective_reduce_range(self.kernels)[0]}
         if self.mode == "dynamic" and mapping.preset == "dynamic":
-            weight, activation_bits, weight_bits, _ = mapping.effective_dynamic(self.backend)
+            weight, activation_bits, weight_bits, _ = mapping.effective_dynamic(self.kernels)
             return {
                 "dynamic.weight": weight,
                 "dynamic.activation_bits": activation_bits,
@@ -296,10 +305,10 @@ class QuantSpec(_Spec):
                 params[f"spec.{key}"] = str(value)
         mapping = self.mapping_spec()
         if self.mode == "static":
-            reduce_range, why = mapping.effective_reduce_range(self.backend)
+            reduce_range, why = mapping.effective_reduce_range(self.kernels)
             params["resolved.reduce_range"] = f"{reduce_range} ({why})"
         elif self.mode == "dynamic" and mapping.preset == "dynamic":
-            weight, activation_bits, weight_bits, why = mapping.effective_dynamic(self.backend)
+            weight, activation_bits, weight_bits, why = mapping.effective_dynamic(self.kernels)
             params["resolved.dynamic"] = (
                 f"{weight} weights, {activation_bits}-bit activations, {weight_bits}-bit weights ({why})"
             )

@@ -5,7 +5,8 @@ reference quantized model and a lowered one, and knows what only it can know abo
 which layers ended quantized (coverage), how much each lost (sensitivity), which skips
 matched nothing, and how the lowered model ships (the deployable forms, saved and verified).
 ``quant.quantize`` composes the steps and owns the whole/submodules decision; the FX engine
-(``quant.engines.fx``) is the first implementation, torch.export + PT2E the next.
+(``quant.engines.fx``) ships TorchScript; ``quant.engines.pt2e`` (torch.export + torchao PT2E) ships
+AOTInductor packages.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Batch
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
-from quantstage.quant.ship.torchscript import TorchScriptArtifact
 from quantstage.quant.ship.variants import VariantResult
 
-__all__ = ["Engine", "Reference", "UnusedSkip"]
+__all__ = ["Engine", "Reference", "ShippedFile", "UnusedSkip"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,19 @@ class UnusedSkip:
     index: int | None = None
 
 
+class ShippedFile(Protocol):
+    """A saved model file that was loaded back and verified (TorchScript, AOTInductor package, exported program)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
 @runtime_checkable
 class Reference(Protocol):
     """A reference quantized model: quantize/dequantize around float ops, not lowered yet."""
@@ -58,6 +71,7 @@ class Engine(Protocol):
     """The steps and measurements a quantization engine provides (see the module docstring)."""
 
     name: str
+    supports_submodules: bool  # whether a model that does not capture whole can be quantized by parts
 
     def check(self, spec: QuantSpec) -> None:
         """Raise SpecError for what this engine cannot do with ``spec`` (before any work)."""
@@ -93,6 +107,11 @@ class Engine(Protocol):
         """The reference model as a runnable module (exported for compilers)."""
         ...
 
+    def save_reference(self, module: nn.Module, path: Path, verify_inputs: Sequence[tuple[Any, ...]]) -> ShippedFile:
+        """Save the reference model (``reference_module``, maybe wrapped to return one output) for other
+        compilers at ``path`` (the engine picks the suffix), loaded back and verified."""
+        ...
+
     def coverage(self, float_model: nn.Module, reference: Reference, lowered: nn.Module) -> CoverageReport:
         """Which weighted layers run quantized in ``lowered``, and why the others stayed float."""
         ...
@@ -115,7 +134,7 @@ class Engine(Protocol):
         *,
         tolerance: float = 0.0,
         budget_s: float | None = None,
-    ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
+    ) -> tuple[ShippedFile, list[VariantResult]]:
         """Save the fastest deployable form that reproduces ``lowered`` (within ``tolerance``; forms timed
         for at most ``budget_s`` seconds), load it
         back and verify it; also return every form tried, as measured."""

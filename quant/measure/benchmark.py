@@ -125,7 +125,11 @@ def threads(n: int | None) -> Iterator[int]:
 
 
 def serialized_size(model: torch.nn.Module) -> int:
-    """Bytes of the model as shipped: ``ScriptModule.save`` for TorchScript, else its state_dict."""
+    """Bytes of the model as shipped: ``ScriptModule.save`` for TorchScript, the package file for a loaded
+    AOTInductor package, else its state_dict."""
+    size = getattr(model, "size_bytes", None)  # a loaded AOTInductor package: its file
+    if isinstance(size, int):
+        return size
     buffer = io.BytesIO()
     if isinstance(model, torch.jit.ScriptModule):
         with warnings.catch_warnings():

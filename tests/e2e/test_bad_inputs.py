@@ -198,6 +198,21 @@ PARAMETERS: list[tuple[list[str], str]] = [
         ["convert", "models:/m@a", "--spec", str(REPO_ROOT / "deploy/specs/float16.yaml"), "--backend", "arm"],
         r"spec\.backend",
     ),
+    (["convert", "models:/m@a", "--engine", "tvm"], r"spec\.engine: Input should be 'fx' or 'pt2e' \(got 'tvm'\)"),
+    (
+        ["convert", "models:/m@a", "--engine", "pt2e", "--backend", "qnnpack"],
+        r"backend 'qnnpack' with engine 'pt2e'.*fix:",
+    ),
+    (["convert", "models:/m@a", "--engine", "pt2e", "--mode", "float16"], r"mode 'float16' with engine 'pt2e'.*fix:"),
+    (
+        ["convert", "models:/m@a", "--engine", "pt2e", "--tracing", "submodules"],
+        r"tracing = 'submodules' has no meaning",
+    ),
+    (
+        ["convert", "models:/m@a", "--engine", "pt2e", "--skip-object-type", "operator.add"],
+        r"object type 'operator\.add' cannot be configured by X86InductorQuantizer; allowed: torch\.cat",
+    ),
+    (["sweep", "models:/m@a", "--grid", "engine=[fx, tvm]"], r"candidate 1 \(grid engine=\"tvm\"\)"),
     (["sweep", "models:/m@a"], r"no candidates: give candidates"),
     (["sweep", "models:/m@a", "--grid", "backend=x86"], r"--grid 'backend=x86' is not FIELD=\[v1, v2, \.\.\.\]"),
     (["sweep", "models:/m@a", "--grid", "backend=[x86, arm]"], r"candidate 1 \(grid backend=\"arm\"\)"),
@@ -284,6 +299,10 @@ FLOW_CASES: list[tuple[list[str], str]] = [
     (
         ["convert", "{gated}", "--tracing", "whole"],
         r"torch\.fx cannot symbolically trace GatedNet \(failed in module 'block'",
+    ),
+    (
+        ["convert", "{gated}", "--engine", "pt2e"],
+        r"torch\.export cannot capture GatedNet \(.*\); fix: .*or use engine 'fx'",
     ),
 ]
 

@@ -71,3 +71,16 @@ def test_fallback_that_cannot_pass_reports_best_trial(sensitive_uri: str) -> Non
         GateFailure, match=r"the fallback ran \d trial\(s\) and none passed, best: float \['layers\.3'\]"
     ):
         state.result()
+
+
+def test_pt2e_fallback_keeps_the_sensitive_layer_float(sensitive_uri: str) -> None:
+    """The same search on the PT2E engine: torchao's numeric debugger ranks the layers and the trials
+    skip them with set_module_name_qconfig(name, None)."""
+    fallback = FallbackConfig(enabled=True, max_float_layers=2, max_evaluations=4)
+    result = convert_flow(
+        _params(sensitive_uri, registered_name="sensitive-pt2e", fallback=fallback, spec=QuantSpec(engine="pt2e"))
+    )
+    assert result.promoted and result.float_layers == ["layers.3"]
+    assert result.metrics["float_accuracy"] - result.metrics["int8_accuracy"] <= 0.02
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["spec.engine"] == "pt2e" and run.data.params["export.method"] == "aoti_package"

@@ -327,3 +327,26 @@ def test_the_same_sweep_again_is_skipped_unless_forced(dask_sweep) -> None:
     assert again.parent_run_id == first.parent_run_id and "already swept" in again.reason
     assert {v.version for v in client.search_model_versions("name = 'digits-cnn-sweep'")} == before
     assert client.get_model_version("digits-cnn-sweep", first.version).tags["idempotency_key"] == first.idempotency_key
+
+
+def test_engine_is_a_sweep_dimension(digits_source: str) -> None:
+    """grid engine=[fx, pt2e]: both candidates convert, ship their own form, are re-benchmarked from what
+    their runs logged, and the measured winner is registered."""
+    result = sweep_flow(
+        SweepParams(
+            model_uri=SOURCE,
+            registered_name="digits-cnn-engines",
+            grid={"engine": ["fx", "pt2e"]},
+            task_runner="threads",
+            workers=1,
+            **CHEAP,
+        )
+    )
+    assert [c.error for c in result.candidates] == [None, None]
+    assert [c.spec.engine for c in result.candidates] == ["fx", "pt2e"]
+    assert set(result.sequential) == {0, 1}
+    methods = {c.index: mlflow.MlflowClient().get_run(c.run_id).data.params["export.method"] for c in result.candidates}
+    assert methods[0].startswith("torchscript") and methods[1] == "aoti_package"
+    assert result.winner in (0, 1) and result.version is not None
+    version = mlflow.MlflowClient().get_model_version("digits-cnn-engines", result.version)
+    assert version.run_id == result.winner_run_id

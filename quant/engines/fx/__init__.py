@@ -76,6 +76,7 @@ class FxEngine:
     """``quant.engines.Engine`` for torch.ao FX graph-mode quantization."""
 
     name = "fx"
+    supports_submodules = True
 
     def check(self, spec: QuantSpec) -> None:
         configs.check_spec(spec)
@@ -105,6 +106,11 @@ class FxEngine:
 
     def reference_module(self, reference: Reference) -> nn.Module:
         return lower(_reference_model(reference), target="reference")
+
+    def save_reference(
+        self, module: nn.Module, path: Path, verify_inputs: Sequence[tuple[Any, ...]]
+    ) -> TorchScriptArtifact:
+        return export_torchscript(module, path.with_suffix(".pt"), verify_inputs)
 
     def coverage(self, float_model: nn.Module, reference: Reference, lowered: nn.Module) -> CoverageReport:
         return coverage_report(float_model, _reference_model(reference), _graph_module(lowered, "coverage"))

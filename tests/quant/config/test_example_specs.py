@@ -10,6 +10,7 @@ import yaml
 from quantstage.flows.convert import ConvertParams
 from quantstage.quant.config.spec import QuantSpec, load_spec
 from quantstage.quant.engines.fx import configs as fx_configs
+from quantstage.quant.engines.pt2e.quantizer import build_quantizer
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = sorted((ROOT / "deploy" / "specs").glob("*.yaml"))
@@ -28,6 +29,9 @@ def test_spec_round_trip(path: Path, tmp_path: Path) -> None:
     again.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     assert load_spec(again) == spec
     assert load_spec(again).digest() == spec.digest()
+    if spec.engine == "pt2e":
+        build_quantizer(spec)  # builds the X86InductorQuantizer too
+        return
     fx_configs.qconfig_mapping(spec)  # builds the torch objects too
     fx_configs.convert_qconfig_mapping(spec)
     fx_configs.prepare_custom_config(spec)

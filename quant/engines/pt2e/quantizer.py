@@ -1,0 +1,201 @@
+"""A QuantSpec as torchao's ``X86InductorQuantizer``, and what a spec may ask of the PT2E engine.
+
+The spec fields mean the same as for FX where PT2E has the same notion:
+
+- ``mode: static`` / ``dynamic`` → ``get_default_x86_inductor_quantization_config(is_dynamic=…)``;
+- ``qconfig_mapping.observers`` → the activation observer (histogram, min/max, moving average)
+  and the weight granularity (per channel, per tensor) of the static config, ``reduce_range``
+  its 7-bit activations (default on this engine: 8 bits, see ``quant.hardware``);
+- ``qconfig_mapping.dynamic.activation_bits: 7`` → ``reduce_range`` of the dynamic config;
+- overrides ``global`` / ``object_type`` / ``module_name`` → ``set_global`` /
+  ``set_module_type_qconfig`` (``set_function_type_qconfig`` for functions) /
+  ``set_module_name_qconfig``; a ``null`` qconfig keeps that part float, as with FX;
+- ``skip_modules`` / ``skip_object_types`` → ``set_module_name_qconfig(name, None)`` /
+  ``set_module_type_qconfig(type, None)``.
+
+Everything else that only FX understands (``backend_config``, custom module configs, the
+convert-time mapping, ``keep_original_weights``, regex or call-order overrides, float16, QAT
+checkpoints, the submodule path, shipping the reference model) is a SpecError naming the field.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantstage.quant.config.dotted import resolve_dotted
+from quantstage.quant.config.qconfig import QConfigOverride
+from quantstage.quant.config.spec import ConvertCustomSpec, PrepareCustomSpec, QuantSpec
+from quantstage.quant.engines.pt2e._torchao import torchao
+from quantstage.quant.errors import SpecError
+
+__all__ = ["build_quantizer", "check_spec", "supported_object_types"]
+
+_FIX = "fix: remove it, or use engine 'fx'"
+_STATIC_QCONFIGS = {"default"}
+_DYNAMIC_QCONFIGS = {"dynamic", "per_channel_dynamic"}
+
+
+def _refuse(field: str, value: Any, why: str = "") -> SpecError:
+    detail = f" ({why})" if why else ""
+    return SpecError(f"{field} = {value!r} has no meaning for engine 'pt2e'{detail}; {_FIX}")
+
+
+def check_spec(spec: QuantSpec) -> None:
+    """Raise SpecError for a field the PT2E engine cannot honour (before any work)."""
+    if spec.backend != "x86":
+        raise SpecError(
+            f"backend {spec.backend!r} with engine 'pt2e': its quantizer is X86InductorQuantizer (oneDNN int8 "
+            f"kernels through Inductor); allowed: x86; fix: backend x86, or engine 'fx' for {spec.backend}"
+        )
+    if spec.mode not in ("static", "dynamic"):
+        why = "QAT checkpoints are FX-prepared" if spec.mode == "qat" else "X86InductorQuantizer has no float16 mode"
+        raise SpecError(f"mode {spec.mode!r} with engine 'pt2e': {why}; allowed: static, dynamic; fix: engine 'fx'")
+    if spec.tracing == "submodules":
+        raise _refuse("tracing", spec.tracing, "a model is exported whole by torch.export; auto or whole")
+    if spec.target != "native":
+        raise _refuse("target", spec.target, "the reference exported program is logged on every run (reference/*.pt2)")
+    if spec.backend_config != "native":
+        raise _refuse("backend_config", spec.backend_config, "X86InductorQuantizer decides the patterns")
+    if spec.prepare_custom != PrepareCustomSpec():
+        raise _refuse("prepare_custom", spec.prepare_custom.model_dump(exclude_defaults=True), "an FX prepare config")
+    if spec.convert_custom != ConvertCustomSpec():
+        raise _refuse("convert_custom", spec.convert_custom.model_dump(exclude_defaults=True), "an FX convert config")
+    if spec.convert_qconfig_mapping is not None:
+        raise _refuse("convert_qconfig_mapping", "set", "convert_pt2e takes no mapping: skip at prepare")
+    if spec.keep_original_weights:
+        raise _refuse("keep_original_weights", True)
+    if not spec.remove_qconfig:
+        raise _refuse("remove_qconfig", False)
+    if not spec.float_global_pool:
+        raise _refuse("float_global_pool", False, "an FX pooling rule")
+    mapping = spec.mapping_spec()
+    if mapping.dynamic is not None:
+        if mapping.dynamic.weight != "per_channel":
+            raise _refuse(
+                "qconfig_mapping.dynamic.weight", mapping.dynamic.weight, "PT2E dynamic weights are per channel"
+            )
+        if mapping.dynamic.weight_bits not in (None, 8):
+            raise _refuse("qconfig_mapping.dynamic.weight_bits", mapping.dynamic.weight_bits, "int8 weights")
+    for override in mapping.overrides:
+        _check_override(override, spec)
+
+
+def _check_override(override: QConfigOverride, spec: QuantSpec) -> None:
+    where = f"qconfig_mapping override {override.describe()}"
+    if override.set in ("module_name_regex", "module_name_object_type_order"):
+        raise SpecError(
+            f"{where}: X86InductorQuantizer has no {override.set} setter; allowed with engine 'pt2e': global, "
+            f"object_type, module_name; fix: list the module names, or use engine 'fx'"
+        )
+    allowed = _DYNAMIC_QCONFIGS if spec.mode == "dynamic" else _STATIC_QCONFIGS
+    if override.qconfig is not None and override.qconfig not in allowed:
+        raise SpecError(
+            f"{where}: qconfig {override.qconfig!r} has no PT2E form in mode {spec.mode!r}; allowed: "
+            f"{', '.join(sorted(allowed))} or null (keep float); fix: change it, or use engine 'fx'"
+        )
+    if override.set == "object_type" and resolve_dotted(override.key) not in supported_object_types():
+        raise SpecError(f"{where}: {_object_type_refusal(override.key)}")
+
+
+def supported_object_types() -> dict[Any, Any]:
+    """Module classes and functions X86InductorQuantizer can configure by type (→ their aten op)."""
+    return dict(torchao().xiq.X86InductorQuantizer.module_function_to_aten_operator_type)
+
+
+def _type_name(obj: Any) -> str:
+    """The public dotted name users write for a module class or function (``torch.nn.Conv2d``, ``torch.cat``)."""
+    import torch.nn.functional as F
+
+    if isinstance(obj, type):
+        name: str = obj.__name__
+        return f"torch.nn.{name}" if getattr(torch.nn, name, None) is obj else obj.__qualname__
+    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch)):
+        for attr, value in vars(namespace).items():
+            if value is obj and not attr.startswith("_"):
+                return f"{prefix}.{attr}"
+    return getattr(obj, "__name__", repr(obj))
+
+
+def _object_type_refusal(key: str) -> str:
+    names = sorted({_type_name(t) for t in supported_object_types()})
+    return (
+        f"object type {key!r} cannot be configured by X86InductorQuantizer; allowed: {', '.join(names)}; fix: "
+        f"skip the module by name (skip_modules), or use engine 'fx'"
+    )
+
+
+def _config(spec: QuantSpec) -> Any:
+    """The quantization config the spec's mode and settings imply."""
+    xiq = torchao().xiq
+    mapping = spec.mapping_spec()
+    if spec.mode == "dynamic":
+        bits = mapping.effective_dynamic(spec.kernels)[1]
+        return xiq.get_default_x86_inductor_quantization_config(is_dynamic=True, reduce_range=bits == 7)
+    reduce_range = mapping.effective_reduce_range(spec.kernels)[0]
+    config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=False, reduce_range=reduce_range)
+    observers = mapping.observers
+    if observers is None or (observers.activation == "histogram" and observers.weight == "per_channel"):
+        return config
+    return _with_observers(config, observers.activation, observers.weight)
+
+
+def _with_observers(config: Any, activation: str, weight: str) -> Any:
+    """``config`` with the activation observer and weight granularity the spec names."""
+    import dataclasses
+
+    from torchao.quantization.pt2e.observer import (
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+    )
+
+    act = config.input_activation
+    if activation != "histogram":
+        ctr = MinMaxObserver if activation == "minmax" else MovingAverageMinMaxObserver
+        act = dataclasses.replace(act, observer_or_fake_quant_ctr=ctr.with_args(eps=2**-12))
+    wgt = config.weight
+    if weight == "per_tensor":
+        wgt = dataclasses.replace(
+            wgt,
+            qscheme=torch.per_tensor_symmetric,
+            ch_axis=None,
+            observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12),
+        )
+    return dataclasses.replace(config, input_activation=act, output_activation=act, weight=wgt)
+
+
+def build_quantizer(spec: QuantSpec) -> Any:
+    """The ``X86InductorQuantizer`` for ``spec`` (``check_spec`` has passed)."""
+    xiq = torchao().xiq
+    config = _config(spec)
+    quantizer = xiq.X86InductorQuantizer()
+    mapping = spec.mapping_spec()
+    if mapping.preset != "none":
+        quantizer.set_global(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchao warns (and ignores) what it cannot honour: make that an error
+        try:
+            for override in mapping.overrides:
+                value = None if override.qconfig is None else config
+                if override.set == "global":
+                    if value is not None:
+                        quantizer.set_global(value)
+                    else:
+                        quantizer.global_config = None
+                elif override.set == "module_name":
+                    quantizer.set_module_name_qconfig(override.key, value)
+                elif override.set == "object_type":
+                    target = resolve_dotted(override.key)
+                    if isinstance(target, type) and issubclass(target, nn.Module):
+                        quantizer.set_module_type_qconfig(target, value)
+                    else:
+                        quantizer.set_function_type_qconfig(target, value)
+        except (UserWarning, AssertionError, ValueError) as exc:
+            raise SpecError(
+                f"X86InductorQuantizer refused the spec's qconfig_mapping: {str(exc).splitlines()[0]}; fix: "
+                f"change that override, or use engine 'fx'"
+            ) from None
+    return quantizer

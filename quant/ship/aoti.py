@@ -1,0 +1,148 @@
+"""torch.export forms, saved, loaded back in this process and verified before anything is logged:
+AOTInductor packages (``.pt2``, what the PT2E engine ships) and exported programs (``torch.export.save``,
+the reference model for other compilers).
+
+A package loads with ``torch._inductor.aoti_load_package`` in a process that has only torch: no
+quantstage, no model class, no torchao. ``load_shipped`` opens either shipped form by its suffix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantstage.quant.errors import ArtifactError
+from quantstage.quant.ship.torchscript import load_torchscript
+
+__all__ = [
+    "AOTI_SUFFIX",
+    "AotiArtifact",
+    "LoadedPackage",
+    "ProgramArtifact",
+    "load_aoti",
+    "load_shipped",
+    "save_program",
+    "ship_package",
+]
+
+AOTI_SUFFIX = ".pt2"
+
+
+@dataclasses.dataclass(frozen=True)
+class AotiArtifact:
+    """A saved AOTInductor package that was loaded back and matched the in-memory model
+    (``max_abs_diff`` at most the tolerance)."""
+
+    path: Path
+    module: LoadedPackage  # the package loaded back from ``path``
+    size_bytes: int
+    sha256: str
+    max_abs_diff: float
+    compile_s: float
+    method: str = "aoti_package"
+
+
+class LoadedPackage(torch.nn.Module):
+    """An AOTInductor package loaded for running: a module whose forward calls the compiled model
+    (positional tensors), and whose size is the package file's."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._runner = torch._inductor.aoti_load_package(str(path))
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def forward(self, *args: Any) -> Any:
+        return self._runner(*args)
+
+
+def load_aoti(path: str | Path) -> LoadedPackage:
+    """The runnable model of an AOTInductor package."""
+    return LoadedPackage(path)
+
+
+def load_shipped(path: str | Path) -> Any:
+    """A shipped model file: an AOTInductor package (``.pt2``) or TorchScript (anything else)."""
+    return load_aoti(path) if str(path).endswith(AOTI_SUFFIX) else load_torchscript(path)
+
+
+def _max_abs_diff(expected: Any, got: Any) -> float:
+    a = [t for t in torch.utils._pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
+    b = [t for t in torch.utils._pytree.tree_leaves(got) if isinstance(t, torch.Tensor)]
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    return max((float((x.double() - y.double()).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
+
+
+def ship_package(
+    package: Path,
+    path: Path,
+    model: Callable[..., Any],
+    verify_inputs: Sequence[tuple[Any, ...]],
+    *,
+    tolerance: float = 0.0,
+    compile_s: float = 0.0,
+) -> AotiArtifact:
+    """Copy ``package`` to ``path``, load it back and check it reproduces ``model`` on ``verify_inputs``
+    (max abs difference ≤ ``tolerance``); ArtifactError otherwise."""
+    path = path.with_suffix(AOTI_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(package, path)
+    loaded = load_aoti(path)
+    worst = 0.0
+    with torch.no_grad():
+        for args in verify_inputs:
+            worst = max(worst, _max_abs_diff(model(*args), loaded(*args)))
+    if worst > tolerance:
+        raise ArtifactError(
+            f"the AOTInductor package {path.name} loaded back differs from the lowered model by {worst:g} "
+            f"(tolerance {tolerance:g}); fix: rerun the conversion (a compiler cache fault), or use engine 'fx'"
+        )
+    data = path.read_bytes()
+    return AotiArtifact(
+        path=path,
+        module=loaded,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        max_abs_diff=worst,
+        compile_s=compile_s,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramArtifact:
+    """A saved ``torch.export`` program (``torch.export.save``) that was loaded back and matched the model.
+    Loading it needs torch's quantized_decomposed ops registered (``import torch.ao.quantization.fx._decomposed``
+    or torchao)."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+    method: str = "exported_program"
+
+
+def save_program(
+    program: Any, path: Path, model: Callable[..., Any], verify_inputs: Sequence[tuple[Any, ...]]
+) -> ProgramArtifact:
+    """Save the ExportedProgram ``program`` at ``path``, load it back and check it reproduces ``model``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        worst = max((_max_abs_diff(model(*args), loaded(*args)) for args in verify_inputs), default=0.0)
+    if worst > 0.0:
+        raise ArtifactError(
+            f"the exported program {path.name} loaded back differs from the model by {worst:g}; fix: report it "
+            f"with the model (torch.export.save/load round trip)"
+        )
+    data = path.read_bytes()
+    return ProgramArtifact(path=path, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
