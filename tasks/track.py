@@ -14,7 +14,7 @@ import json
 import tempfile
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,22 @@ def log_pytorch_model(
     return str(info.model_uri)
 
 
+def _features(args: tuple[Any, ...], names: Sequence[str] | None) -> tuple[Any, list[str]]:
+    """The pyfunc input of positional tensors: one array, or a dict of arrays by input name; and the names."""
+    named = list(names or (f"input_{i}" for i in range(len(args))))
+    return (args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(named, args)}), named
+
+
+def _log_pyfunc(run_id: str, features: Any, output: Any, **save: Any) -> str:
+    """Save a pyfunc model (``save``: python_model, artifacts, ...) with its signature and input example and
+    log it as the run's ``model`` folder; return its URI. (pyfunc.log_model would need an active run.)"""
+    with tempfile.TemporaryDirectory(prefix="quantstage-pyfunc-") as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(local, signature=infer_signature(features, output), input_example=features, **save)
+        mlflow.MlflowClient().log_artifacts(run_id, str(local), "model")
+    return f"runs:/{run_id}/model"
+
+
 def _log_rebuild_model(run_id: str, bundle: str) -> str:
     """Log a rebuild bundle as a pyfunc model (the bundle travels as its artifact); return its URI.
     Signature and input example come from the example batch the bundle stores (first 2 samples)."""
@@ -225,21 +241,15 @@ def _log_rebuild_model(run_id: str, bundle: str) -> str:
     from quantstage.tasks.rebuild_model import RebuildModel
 
     inputs, output, names = example(bundle)
-    args, output_np = args_of(head(inputs, 2)), output[:2].numpy()
-    names = list(names or (f"input_{i}" for i in range(len(args))))
-    features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
-    with tempfile.TemporaryDirectory(prefix="quantstage-pyfunc-") as tmp:  # pyfunc.log_model needs an active run
-        local = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            local,
-            python_model=RebuildModel(),
-            artifacts={"bundle": bundle},
-            signature=infer_signature(features, output_np),
-            input_example=features,
-            pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
-        )
-        mlflow.MlflowClient().log_artifacts(run_id, str(local), "model")
-    return f"runs:/{run_id}/model"
+    features, _ = _features(args_of(head(inputs, 2)), names)
+    return _log_pyfunc(
+        run_id,
+        features,
+        output[:2].numpy(),
+        python_model=RebuildModel(),
+        artifacts={"bundle": bundle},
+        pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
+    )
 
 
 def log_aoti_model(run_id: str, artifact: AotiArtifact, example: Any, names: tuple[str, ...] | None) -> str:
@@ -248,21 +258,16 @@ def log_aoti_model(run_id: str, artifact: AotiArtifact, example: Any, names: tup
     args = args_of(example)
     with torch.no_grad():
         output = artifact.module(*args)
-    names = tuple(names or (f"input_{i}" for i in range(len(args))))
-    features = args[0].numpy() if len(args) == 1 else {n: a.numpy() for n, a in zip(names, args)}
-    with tempfile.TemporaryDirectory(prefix="quantstage-pyfunc-") as tmp:  # pyfunc.log_model needs an active run
-        local = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            local,
-            python_model=str(Path(__file__).with_name("aoti_model.py")),
-            artifacts={"package": str(artifact.path)},
-            signature=infer_signature(features, output.detach().numpy()),
-            input_example=features,
-            model_config={"input_names": list(names)},
-            pip_requirements=[TORCH_REQUIREMENT, "numpy"],
-        )
-        mlflow.MlflowClient().log_artifacts(run_id, str(local), "model")
-    return f"runs:/{run_id}/model"
+    features, named = _features(args, names)
+    return _log_pyfunc(
+        run_id,
+        features,
+        output.detach().numpy(),
+        python_model=str(Path(__file__).with_name("aoti_model.py")),
+        artifacts={"package": str(artifact.path)},
+        model_config={"input_names": named},
+        pip_requirements=[TORCH_REQUIREMENT, "numpy"],
+    )
 
 
 def _finite(value: Any) -> Any:
