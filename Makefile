@@ -51,7 +51,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/quantstage
-	@for f in __init__.py py.typed demo.py; do ln -s "$(CURDIR)/quantstage/$$f" $(TYPECHECK)/quantstage/$$f; done
+	@for f in __init__.py py.typed demo.py webhook; do ln -s "$(CURDIR)/quantstage/$$f" $(TYPECHECK)/quantstage/$$f; done
 	@for d in quant tasks flows; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/quantstage/$$d; done
 	cd $(TYPECHECK) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" \
 		--cache-dir "$(CURDIR)/build/.mypy_cache" -p quantstage

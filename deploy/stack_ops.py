@@ -1,13 +1,16 @@
 """Operations deploy/stack.sh runs against its own servers (Python: Prefect's client, MLflow's REST API).
 
-    stack_ops.py setup             # MLflow service user, hardened work pool, trigger queue, crash automation
+    stack_ops.py setup             # MLflow service user, hardened work pool, trigger queue, crash automation,
+                                   # and (QUANTSTAGE_WEBHOOK_URL set) MLflow's registry webhook
+    stack_ops.py webhook           # MLflow's registry webhook -> the receiver, checked with MLflow's test delivery
     stack_ops.py drain [GRACE_S]   # pause the pool, wait for in-flight flow runs, then cancel them
     stack_ops.py resume            # un-pause the pool (after a drain)
 
 Everything comes from the environment stack.sh sets (never from the command line, which `ps`
 shows to every user): PREFECT_API_URL + PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_URI +
 MLFLOW_TRACKING_USERNAME/PASSWORD (the service user the worker and clients use), and for
-`setup` only QUANTSTAGE_MLFLOW_ADMIN_USERNAME/PASSWORD (MLflow's basic-auth admin).
+`setup` and `webhook` only QUANTSTAGE_MLFLOW_ADMIN_USERNAME/PASSWORD (MLflow's basic-auth admin: users
+and webhooks are admin-only), QUANTSTAGE_WEBHOOK_URL and QUANTSTAGE_WEBHOOK_SECRET.
 Every step is idempotent: run twice, the second run changes nothing and creates no duplicate.
 """
 
@@ -70,6 +73,33 @@ def ensure_mlflow_user() -> None:
             grant.raise_for_status()
     check = httpx.get(f"{base}/experiments/search", params={"max_results": 1}, auth=(user, password), timeout=30)
     check.raise_for_status()
+
+
+def ensure_webhook(wait_s: float = 120) -> None:
+    """MLflow's registry webhook posts to the receiver (QUANTSTAGE_WEBHOOK_URL) signed with its secret:
+    created once, then updated by name (tasks/webhooks.py); MLflow's own test delivery must get a 2xx."""
+    from quantstage.tasks.webhooks import ensure_webhook as ensure
+    from quantstage.tasks.webhooks import probe_webhook
+
+    url = os.environ["QUANTSTAGE_WEBHOOK_URL"]
+    events = [e.strip() for e in os.environ.get("QUANTSTAGE_WEBHOOK_EVENTS", "model_version.created").split(",")]
+    health, deadline = url.split("/webhooks/")[0] + "/health", time.monotonic() + wait_s
+    while True:  # the receiver starts beside the servers: wait for it
+        try:
+            if httpx.get(health, timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"stack_ops: the webhook receiver did not answer at {health} in {wait_s:.0f}s")
+        time.sleep(0.5)
+    os.environ["MLFLOW_TRACKING_USERNAME"] = os.environ["QUANTSTAGE_MLFLOW_ADMIN_USERNAME"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = os.environ["QUANTSTAGE_MLFLOW_ADMIN_PASSWORD"]
+    hook_id, action = ensure(url, [e for e in events if e], os.environ["QUANTSTAGE_WEBHOOK_SECRET"])
+    ok, answer = probe_webhook(hook_id)
+    if not ok:
+        raise SystemExit(f"stack_ops: MLflow's test delivery to {url} failed: {answer}")
+    say(f"{action} MLflow webhook {hook_id} -> {url} (test delivery: {answer[:120]})")
 
 
 # --------------------------------------------------------------------------- Prefect
@@ -212,6 +242,10 @@ def main(argv: list[str]) -> int:
     if command == "setup":
         ensure_mlflow_user()
         asyncio.run(ensure_prefect())
+        if os.environ.get("QUANTSTAGE_WEBHOOK_URL"):
+            ensure_webhook()
+    elif command == "webhook":
+        ensure_webhook()
     elif command == "drain":
         grace = float(argv[2]) if len(argv) > 2 else 60.0
         asyncio.run(drain(grace, float(os.environ.get("QUANTSTAGE_CANCEL_WAIT_S", "30"))))

@@ -16,8 +16,8 @@ __all__ = ["train_digits"]
 
 
 @task(name="train_digits", cache_policy=NO_CACHE)
-def train_digits(experiment: str, epochs: int, seed: int) -> tuple[str, float]:
-    """Train DigitsCNN on the digits training split, log it to MLflow; return (model URI, test accuracy)."""
+def train_digits(experiment: str, epochs: int, seed: int) -> tuple[str, float, str]:
+    """Train DigitsCNN on the digits training split, log it to MLflow; return (model URI, test accuracy, run id)."""
     logger = run_logger()
     x_train, y_train, x_test, y_test = digits_split(seed=seed)
     torch.manual_seed(seed)  # the initial weights too: the same seed gives the same model
@@ -25,8 +25,8 @@ def train_digits(experiment: str, epochs: int, seed: int) -> tuple[str, float]:
     with torch.no_grad():
         accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
     logger.info("trained DigitsCNN for %d epochs: test accuracy %.4f", epochs, accuracy)
-    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name="train digits-cnn"):
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name="train digits-cnn") as run:
         mlflow.log_params({"epochs": epochs, "seed": seed, "model": "DigitsCNN"})
         mlflow.log_metric("test_accuracy", accuracy)
         model_uri = log_pytorch_model(model, x_test[:2])
-    return model_uri, accuracy
+    return model_uri, accuracy, run.info.run_id

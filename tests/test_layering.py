@@ -131,6 +131,9 @@ def test_pyproject_installs_every_package_under_quantstage() -> None:
         for top in ("quant", "tasks", "flows")
         for init in (ROOT / top).rglob("__init__.py")
     }
+    folders |= {  # packages inside quantstage/ itself (the webhook receiver)
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "quantstage").rglob("*/__init__.py")
+    }
     assert set(config["packages"]) == folders
     assert config["package-dir"] == {
         "quantstage": "quantstage",

@@ -1,4 +1,5 @@
-"""The ``quantstage`` command line: ``quantstage convert …``, ``quantstage sweep …`` and ``quantstage demo``.
+"""The ``quantstage`` command line: ``quantstage convert …``, ``quantstage sweep …``, ``quantstage demo``
+and ``quantstage webhook serve|register`` (quantstage/webhook/cli.py).
 
 The source model is an MLflow model URI (``models:/``, ``runs:/``), a factory (+ weights) or a
 trusted pickle; data a named set, a function or a file. Bad input exits 2 with one line naming
@@ -17,6 +18,7 @@ from quantstage.flows.cli.common import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInp
 from quantstage.flows.cli.convert import add_convert_parser, add_demo_parser
 from quantstage.flows.cli.sweep import add_sweep_parser
 from quantstage.quant.errors import one_line
+from quantstage.webhook.cli import add_webhook_parser
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_GATE_FAILED", "EXIT_INTERRUPTED", "main"]
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_demo_parser(sub)
     add_sweep_parser(sub)
+    add_webhook_parser(sub)
     return parser
 
 

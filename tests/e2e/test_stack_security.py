@@ -4,8 +4,9 @@ flow run cannot choose the command its worker starts, a `quantstage.model.regist
 without the model-name label converts nothing, `status`/`restart` work, a run whose worker node
 is lost is marked Crashed by the heartbeat automation, and `stop` leaves no flow-run process.
 
-One stack for the module (free loopback ports, a short heartbeat window); deselect with
-``-m 'not stack'``; every process started here is stopped in teardown, pass or fail.
+The session's shared stack (tests/e2e/conftest.py: free loopback ports, a short heartbeat
+window); the tests marked ``destructive`` (lost worker, restart, stop) run after every other test
+that uses it. Deselect with ``-m 'not stack'``; every process is stopped in teardown, pass or fail.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,19 +27,14 @@ import pytest
 from prefect import flow, get_run_logger
 
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_deployments import (
-    STACK,
-    _client_credentials,
-    _free_port,
-    _kill_groups,
-    _prefect,
-    _prefect_request,
-)
+from tests.e2e.conftest import CRASH_AFTER_S, Stack
+from tests.e2e.servers import STACK, TERMINAL
+from tests.e2e.servers import prefect as _prefect
+from tests.e2e.servers import prefect_request as _prefect_request
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 POOL = "quantstage-process"
-HEARTBEAT_S, CRASH_AFTER_S = 30, 40  # Prefect's shortest heartbeat; a run silent for 40 s is Crashed
 
 
 @flow(name="stack-probe")
@@ -57,47 +52,26 @@ def stack_probe(seconds: float = 0.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def sec(tmp_path_factory: pytest.TempPathFactory):
-    """The stack (short heartbeat/crash windows, short stop grace) and a `stack-probe` deployment."""
-    state = tmp_path_factory.mktemp("secstack")
-    prefect_port, mlflow_port = _free_port(), _free_port()
-    stack_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    stack_env |= {
-        "QUANTSTAGE_STACK_DIR": str(state),
-        "PREFECT_PORT": str(prefect_port),
-        "MLFLOW_PORT": str(mlflow_port),
-        "QUANTSTAGE_BIN": str(Path(sys.executable).parent),
-        "QUANTSTAGE_HEARTBEAT_S": str(HEARTBEAT_S),
-        "QUANTSTAGE_CRASH_AFTER_S": str(CRASH_AFTER_S),
-        "QUANTSTAGE_STOP_GRACE_S": "15",
-        "QUANTSTAGE_CANCEL_WAIT_S": "30",
-    }
-    try:
-        began = time.monotonic()
-        started = subprocess.run([str(STACK)], env=stack_env, capture_output=True, text=True, timeout=200)
-        assert started.returncode == 0, f"stack.sh failed:\n{started.stdout}\n{started.stderr}"
-        print(f"stack up in {time.monotonic() - began:.1f}s")
-        env = stack_env | _client_credentials(state) | {"PREFECT_HOME": str(state / "prefect-client")}
-        flow_id = _prefect(env, "/flows/", {"name": "stack-probe"})["id"]
-        deployments = {}
-        for name in ("probe", "probe-tampered"):
-            deployments[name] = _prefect(
-                env,
-                "/deployments/",
-                {
-                    "name": name,
-                    "flow_id": flow_id,
-                    "entrypoint": "tests/e2e/test_stack_security.py:stack_probe",
-                    "work_pool_name": POOL,
-                    "work_queue_name": "default",
-                    "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}],
-                    "enforce_parameter_schema": False,
-                },
-            )["id"]
-        yield {"env": env, "stack_env": stack_env, "state": state, "deployments": deployments}
-    finally:
-        subprocess.run([str(STACK), "stop"], env=stack_env, capture_output=True, timeout=180)
-        _kill_groups(state)
+def sec(stack: Stack) -> dict:
+    """The shared stack (short heartbeat/crash windows, short stop grace) and a `stack-probe` deployment."""
+    env = stack.env
+    flow_id = _prefect(env, "/flows/", {"name": "stack-probe"})["id"]
+    deployments = {}
+    for name in ("probe", "probe-tampered"):
+        deployments[name] = _prefect(
+            env,
+            "/deployments/",
+            {
+                "name": name,
+                "flow_id": flow_id,
+                "entrypoint": "tests/e2e/test_stack_security.py:stack_probe",
+                "work_pool_name": POOL,
+                "work_queue_name": "default",
+                "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}],
+                "enforce_parameter_schema": False,
+            },
+        )["id"]
+    return {"env": env, "stack_env": stack.stack_env, "state": stack.state, "deployments": deployments, "stack": stack}
 
 
 def _stack(sec: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -124,7 +98,7 @@ def _wait_state(sec: dict, run_id: str, states: set[str], timeout: float) -> dic
         if run["state_type"] in states:
             return run
         assert time.monotonic() < deadline, f"run {run['name']} still {run['state_name']} after {timeout}s"
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def _probe_processes(sec: dict, run_id: str, timeout: float = 60) -> list[dict]:
@@ -136,7 +110,7 @@ def _probe_processes(sec: dict, run_id: str, timeout: float = 60) -> list[dict]:
             if log["message"].startswith("stack-probe processes "):
                 return json.loads(log["message"].removeprefix("stack-probe processes "))
         assert time.monotonic() < deadline, f"the probe logged no process chain in {timeout}s"
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def _secrets(state: Path) -> dict[str, str]:
@@ -191,11 +165,19 @@ def test_secrets_stay_private(sec: dict) -> None:
     for path in [*(state / "secrets").iterdir(), state / "client.env"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     secrets = _secrets(state)
-    assert set(secrets) == {"prefect-auth", "mlflow-password", "mlflow-admin-password", "mlflow-flask-secret-key"}
+    assert set(secrets) == {
+        "prefect-auth",
+        "mlflow-password",
+        "mlflow-admin-password",
+        "mlflow-flask-secret-key",
+        "webhook-secret",  # the HMAC secret MLflow signs deliveries with
+        "mlflow-webhook-key",  # the key MLflow encrypts stored webhook secrets with
+    }
     assert all(len(value) >= 32 for value in secrets.values())
     # no secret on any command line of the machine (every process of the stack included)
     listing = subprocess.run(["ps", "-eo", "pid,args", "--width", "100000"], capture_output=True, text=True).stdout
     assert "mlflow server --app-name basic-auth" in listing and "prefect worker start" in listing
+    assert "quantstage webhook serve" in listing
     leaked = [name for name, value in secrets.items() if value in listing]
     assert not leaked, f"secrets on a command line: {leaked}"
     # `stack.sh env` hands them to a shell that asks for them
@@ -257,7 +239,7 @@ def test_flow_run_cannot_choose_its_command(sec: dict, tmp_path: Path) -> None:
     )
     assert run.status_code == 201, run.text
     run_id = run.json()["id"]
-    done = _wait_state(sec, run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=120)
+    done = _wait_state(sec, run_id, set(TERMINAL), timeout=120)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["job_variables"]["command"] == f"touch {marker}"  # stored, and ...
     chain = _probe_processes(sec, run_id)
@@ -275,15 +257,19 @@ def _flow_run_flow_id(env: dict) -> str:
 # --------------------------------------------------------------------------- triggers
 
 
-def _emit(env: dict, resource: dict, payload: dict) -> None:
-    event = {
-        "id": str(uuid.uuid4()),
-        "occurred": datetime.now(timezone.utc).isoformat(),
-        "event": "quantstage.model.registered",
-        "resource": resource,
-        "payload": payload,
-    }
-    _prefect_request(env, "POST", "/events", [event]).raise_for_status()
+def _emit(env: dict, *events: tuple[dict, dict]) -> None:
+    """``quantstage.model.registered`` events (resource, payload), in one request: published in this order."""
+    body = [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": datetime.now(timezone.utc).isoformat(),
+            "event": "quantstage.model.registered",
+            "resource": resource,
+            "payload": payload,
+        }
+        for resource, payload in events
+    ]
+    _prefect_request(env, "POST", "/events", body).raise_for_status()
 
 
 def test_label_less_registered_event_converts_nothing(sec: dict) -> None:
@@ -291,26 +277,34 @@ def test_label_less_registered_event_converts_nothing(sec: dict) -> None:
     on_registered = _prefect(env, "/deployments/name/convert/on-registered")["id"]
     queue = _prefect(env, f"/work_pools/{POOL}/queues/triggered")
     assert queue["concurrency_limit"] == 1
+    before = {
+        r["id"] for r in _prefect(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [on_registered]}}})
+    }
+
+    def new_runs() -> list[dict]:
+        found = _prefect(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [on_registered]}}})
+        return [r for r in found if r["id"] not in before]
+
     # the triggered queue paused: the control run below is created, never started
     _prefect_request(env, "PATCH", f"/work_pools/{POOL}/queues/triggered", {"is_paused": True}).raise_for_status()
     try:
-        _emit(env, {"prefect.resource.id": "mlflow.model.nolabel.1"}, {"model_uri": "models:/nolabel/1"})
-        _emit(
-            env, {"prefect.resource.id": "mlflow.model.empty.1", "mlflow.model.name": ""}, {"model_uri": "models:/e/1"}
-        )
-        # control: the same event with the label starts a conversion of exactly that version
+        # the label-less events first, the control last: the same event with the label starts a
+        # conversion of exactly that version. Prefect's trigger and action services take events in
+        # the order they were published, so once the control's run exists the others were handled.
         _emit(
             env,
-            {"prefect.resource.id": "mlflow.model.ghost.1", "mlflow.model.name": "ghost"},
-            {"model_uri": "models:/ghost/1"},
+            ({"prefect.resource.id": "mlflow.model.nolabel.1"}, {"model_uri": "models:/nolabel/1"}),
+            ({"prefect.resource.id": "mlflow.model.empty.1", "mlflow.model.name": ""}, {"model_uri": "models:/e/1"}),
+            (
+                {"prefect.resource.id": "mlflow.model.ghost.1", "mlflow.model.name": "ghost"},
+                {"model_uri": "models:/ghost/1"},
+            ),
         )
-        deadline, runs = time.monotonic() + 90, []
-        while not runs:
+        deadline = time.monotonic() + 90
+        while not (runs := new_runs()):
             assert time.monotonic() < deadline, "the labelled control event started no run"
-            time.sleep(1)
-            runs = _prefect(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [on_registered]}}})
-        time.sleep(5)  # anything the earlier events would have started is there by now
-        runs = _prefect(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [on_registered]}}})
+            time.sleep(0.5)
+        runs = new_runs()
         assert [r["parameters"]["params"] for r in runs] == [
             {"model_uri": "models:/ghost/1", "registered_name": "ghost-int8"}
         ], runs
@@ -357,13 +351,15 @@ def test_status_reports_each_part(sec: dict) -> None:
     out = subprocess.run([str(STACK), "status"], env=bare, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = dict(line.split(": ", 1) for line in out.stdout.splitlines())
-    assert set(lines) == {"prefect", "mlflow", "worker"}, out.stdout
+    assert set(lines) == {"prefect", "mlflow", "webhook", "worker"}, out.stdout
     assert "healthy" in lines["prefect"] and "(authenticated)" in lines["prefect"]
     assert "healthy" in lines["mlflow"] and "authenticated as quantstage" in lines["mlflow"]
+    assert "registered in MLflow, receiving at http://127.0.0.1:" in lines["webhook"], lines["webhook"]
     assert "polling pool quantstage-process" in lines["worker"]
     print("\n" + out.stdout)
 
 
+@pytest.mark.destructive
 def test_lost_worker_node_run_is_marked_crashed(sec: dict) -> None:
     """Worker and flow-run process SIGKILLed (a lost node): the heartbeats stop and the
     automation marks the run Crashed."""
@@ -380,7 +376,7 @@ def test_lost_worker_node_run_is_marked_crashed(sec: dict) -> None:
     deadline = time.monotonic() + 60
     while not _prefect(env, "/events/filter", heartbeat)["events"]:
         assert time.monotonic() < deadline, "no heartbeat from the flow run"
-        time.sleep(1)
+        time.sleep(0.5)
     worker_pid = int((state / "worker.pid").read_text())
     # the flow-run process runs in a session of its own (the worker's child): that group and the
     # worker's, nothing else (never group 0 = ours, nor 1)
@@ -390,7 +386,7 @@ def test_lost_worker_node_run_is_marked_crashed(sec: dict) -> None:
     os.killpg(worker_pid, signal.SIGKILL)
     os.killpg(flow_group, signal.SIGKILL)
     assert _flow_run(sec, run_id)["state_type"] == "RUNNING"
-    crashed = _wait_state(sec, run_id, {"CRASHED", "COMPLETED", "FAILED", "CANCELLED"}, timeout=CRASH_AFTER_S + 60)
+    crashed = _wait_state(sec, run_id, set(TERMINAL), timeout=CRASH_AFTER_S + 60)
     took = time.monotonic() - killed_at
     print(
         f"\nlost worker: run marked {crashed['state_name']} {took:.1f}s after the kill ({crashed['state']['message']})"
@@ -400,6 +396,7 @@ def test_lost_worker_node_run_is_marked_crashed(sec: dict) -> None:
     assert status.returncode == 3 and "worker: stopped" in status.stdout, status.stdout
 
 
+@pytest.mark.destructive
 def test_restart_worker(sec: dict) -> None:
     state = sec["state"]
     before = (state / "worker.pid").read_text() if (state / "worker.pid").exists() else ""
@@ -417,9 +414,10 @@ def test_restart_worker(sec: dict) -> None:
     assert (state / "worker.log").read_text().count("stack.sh starts worker") == 2
 
 
+@pytest.mark.destructive
 def test_stop_cancels_in_flight_runs_and_leaves_no_process(sec: dict) -> None:
-    """Last in the module: stops the stack. A run still going after the grace period (15 s
-    here) is cancelled through the API before the worker and the servers go."""
+    """Last of all the shared stack's tests: stops the stack. A run still going after the grace
+    period (5 s here) is cancelled through the API before the worker and the servers go."""
     run_id = _run_probe(sec, seconds=600)
     _wait_state(sec, run_id, {"RUNNING"}, timeout=120)
     chain = _probe_processes(sec, run_id)
@@ -431,7 +429,5 @@ def test_stop_cancels_in_flight_runs_and_leaves_no_process(sec: dict) -> None:
     assert "cancelling 1 flow run(s)" in out.stderr
     for process in chain[:2]:
         assert not Path(f"/proc/{process['pid']}").exists(), f"left running: {process}"
-    with sqlite3.connect(sec["state"] / "prefect" / "prefect.db") as db:
-        (state_type,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (run_id,)).fetchone()
-    assert state_type == "CANCELLED"
+    assert sec["stack"].flow_run_state(run_id) == "CANCELLED"  # in the database (PostgreSQL or SQLite)
     assert _stack(sec, "status", timeout=60).returncode == 3
