@@ -282,14 +282,15 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
             extra_metrics={f"candidate.{k}": v for k, v in clock.seconds.items()} if job.parallel else None,
             documents=job.documents,
         )
-        model_uri = log_conversion(
-            job.run_id,
-            record,
-            shipped=shipped.artifact,
-            bundle=shipped.bundle,
-            example=dataset.example_inputs,
-            input_names=dataset.input_names,
-        )
+        with gate.shared(backend):  # logging runs the shipped model once (its signature): no FX trace beside it
+            model_uri = log_conversion(
+                job.run_id,
+                record,
+                shipped=shipped.artifact,
+                bundle=shipped.bundle,
+                example=dataset.example_inputs,
+                input_names=dataset.input_names,
+            )
     clock.lap("log_s")
     passed = all(g.passed for g in gates)
     return UnitResult(
