@@ -14,13 +14,13 @@ The pipeline (Prefect flow; MLflow tracking, registry and promotion)::
 The source folders ``quant/`` (the library), ``tasks/`` (Prefect tasks, all MLflow I/O) and
 ``flows/`` (orchestration) are installed as ``quantstage.quant``, ``quantstage.tasks`` and
 ``quantstage.flows``; nothing lands at the top level of site-packages but ``quantstage``.
-The flow names load Prefect and MLflow on first use only: ``import quantstage`` stays light.
+The library's and the flows' names load torch, Prefect and MLflow on first use only: ``import quantstage``
+stays light.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from importlib import metadata as _metadata
 from pathlib import Path as _Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,20 +30,18 @@ _ROOT = _Path(__file__).resolve().parent.parent
 if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "quant" / "__init__.py").is_file():
     __path__.append(str(_ROOT))
 
-from quantstage.quant import (  # noqa: E402 - after the path set-up above
-    Quantized,
-    QuantSpec,
-    QuantStageError,
-    load_spec,
-    quantize,
-)
 
-try:
-    __version__ = _metadata.version("quantstage")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("quantstage")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
 
 if TYPE_CHECKING:
+    __version__: str
     from quantstage.flows import (
         ConvertParams,
         ConvertResult,
@@ -54,6 +52,7 @@ if TYPE_CHECKING:
         convert_flow,
         sweep_flow,
     )
+    from quantstage.quant import Quantized, QuantSpec, QuantStageError, load_spec, quantize
 
 _FLOWS = (
     "ConvertParams",
@@ -84,7 +83,16 @@ __all__ = [
 ]
 
 
+# The library's names load torch on first use too: the command line installs its Ctrl-C handling
+# before anything heavy is imported.
+_LIBRARY = ("Quantized", "QuantSpec", "QuantStageError", "load_spec", "quantize")
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _FLOWS:
         return getattr(import_module("quantstage.flows"), name)
+    if name in _LIBRARY:
+        return getattr(import_module("quantstage.quant"), name)
     raise AttributeError(f"module 'quantstage' has no attribute {name!r}")

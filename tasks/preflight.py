@@ -7,7 +7,7 @@ client retries, or (missing folder) silently starting an empty store where the m
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -33,8 +33,15 @@ def _writable_folder(folder: Path, uri: str, what: str) -> None:
             f"MLflow store {uri!r}: the folder {str(folder)!r} for its {what} does not exist, so a new empty store "
             f"would start there; fix: create the folder, or point MLFLOW_TRACKING_URI at the store that has your models"
         )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"MLflow store {uri!r}: the folder {str(folder)!r} is not writable; fix: fix its permissions")
+    # open a file there: os.access says yes to root on read-only mounts and on /proc
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StoreError(
+            f"MLflow store {uri!r}: the folder {str(folder)!r} for its {what} is not writable ({exc.strerror}); "
+            f"fix: point MLFLOW_TRACKING_URI at a writable location, or fix the folder's permissions or mount"
+        ) from None
 
 
 def _check_sqlite(uri: str) -> None:
@@ -42,8 +49,15 @@ def _check_sqlite(uri: str) -> None:
     if str(path) in ("", ":memory:"):
         return
     _writable_folder(path.parent, uri, "database")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise StoreError(f"MLflow store {uri!r}: the database file is not writable; fix: fix its permissions")
+    if path.exists():
+        try:
+            with path.open("r+b"):
+                pass
+        except OSError as exc:
+            raise StoreError(
+                f"MLflow store {uri!r}: the database file is not writable ({exc.strerror}); fix: point "
+                f"MLFLOW_TRACKING_URI at a writable copy, or fix the file's permissions or mount"
+            ) from None
 
 
 def _check_server(uri: str) -> None:

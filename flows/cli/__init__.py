@@ -8,22 +8,39 @@ the problem and the fix (``--debug`` shows the traceback too); a failed gate exi
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import signal
+import threading
+from types import FrameType
 
-from quantstage.flows.cli.common import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, quiet_prefect_tracebacks
-from quantstage.flows.cli.convert import add_convert_parser, add_demo_parser
-from quantstage.flows.cli.sweep import add_sweep_parser
-from quantstage.quant.errors import one_line
-from quantstage.webhook.cli import add_webhook_parser
+# Ctrl-C at any moment: the handler goes in as this module loads (the console script imports it
+# first; it and quantstage/__init__ import only the standard library), and everything heavy (torch,
+# Prefect, MLflow) loads after it, inside main(). One that lands inside a lazy import leaves a
+# half-initialised module behind, whose next use raises anything (AttributeError...): remembering the
+# interrupt lets main() report it as what it was: "interrupted", exit 130. The handler raises
+# KeyboardInterrupt as Python's own does.
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+if (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+):
+    signal.signal(signal.SIGINT, _on_sigint)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from quantstage.flows.cli.codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE_FAILED, EXIT_INTERRUPTED  # noqa: E402
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_GATE_FAILED", "EXIT_INTERRUPTED", "main"]
-
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +51,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from quantstage.flows.cli.convert import add_convert_parser, add_demo_parser
+    from quantstage.flows.cli.sweep import add_sweep_parser
+    from quantstage.webhook.cli import add_webhook_parser
+
     parser = _Parser(prog="quantstage", description="Turn a trained PyTorch model into a fast int8 model.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +66,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
+    _INTERRUPTED.clear()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while parsing or importing, before _main's own handlers
+        return _interrupted()
+    except Exception:
+        if _INTERRUPTED.is_set():  # what a Ctrl-C inside an import left half-initialised raised
+            return _interrupted()
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> int:
+    return _fail(EXIT_INTERRUPTED, "interrupted: the conversion stopped; its MLflow run is marked FAILED")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's ephemeral API gets 20 s to start by default, which a loaded 2-core machine overruns
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -52,11 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line: the exit code
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
-    if not args.debug:
-        quiet_prefect_tracebacks()
+    from quantstage.flows.cli.common import BadInput, quiet_prefect_tracebacks
     from quantstage.flows.convert import GateFailure
     from quantstage.quant.errors import QuantStageError
 
+    if not args.debug:
+        quiet_prefect_tracebacks()
     try:
         code: int = args.run(args)
         return code
@@ -71,15 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        return _fail(EXIT_INTERRUPTED, "interrupted: the conversion stopped; its MLflow run is marked FAILED")
+        return _interrupted()
     except Exception as exc:
         if args.debug:
             raise
+        if _INTERRUPTED.is_set():  # whatever a Ctrl-C left behind (a half-imported module...) raised
+            return _interrupted()
         return _fail(EXIT_ERROR, _unexpected(exc))
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"quantstage: {one_line(message)}", file=sys.stderr)
+    try:
+        from quantstage.quant.errors import one_line  # loads torch: after an interrupt it may not import
+
+        line = one_line(message)
+    except BaseException:
+        line = " ".join(message.split())
+    print(f"quantstage: {line}", file=sys.stderr)
     return code
 
 

@@ -12,7 +12,7 @@ A batch is a tensor (inputs only), a tuple ``(inputs,)`` or ``(inputs, targets)`
 may themselves be a tuple of positional tensors or a dict, or a dict of tensors passed to
 ``forward`` as keyword arguments (its ``target_key`` entry, when present, is the targets).
 Internally each batch becomes ``(inputs, targets)`` with inputs a tensor or a tuple of positional
-arguments in ``forward``'s order (``quant.inputs``); ``Dataset.input_names`` keeps the names.
+arguments in ``forward``'s order (``quant.data.inputs``); ``Dataset.input_names`` keeps the names.
 """
 
 from __future__ import annotations

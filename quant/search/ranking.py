@@ -17,7 +17,7 @@ Policies (lower is better on both axes):
   faster, and nothing inside it has a smaller drop.
 
 A candidate whose unit of work raised (``error``) never wins; a missing accuracy drop (data
-without labels) ranks as the worst drop. Pure Python; the chart uses ``quant.plots``.
+without labels) ranks as the worst drop. Pure Python; the chart uses ``quant.report.plots``.
 """
 
 from __future__ import annotations

@@ -358,8 +358,10 @@ def tracking_uri(mlflow_store: str) -> Iterator[None]:
             "sqlite:////nonexistent-folder/mlflow.db",
             r"the folder '/nonexistent-folder' for its database does not exist",
         ),
+        # what a read-only mount looks like, even to root (os.access says yes to root there)
+        ("sqlite:////proc/x.db", r"the folder '/proc' for its database is not writable"),
     ],
-    ids=["closed-port", "missing-folder"],
+    ids=["closed-port", "missing-folder", "unwritable-folder"],
 )
 def test_an_unusable_store_fails_in_seconds(
     capsys: pytest.CaptureFixture[str], prefect_harness: None, tracking_uri: None, uri: str, pattern: str
@@ -408,6 +410,48 @@ def test_quantize_refuses_non_finite_and_missing_inputs() -> None:
         quantize(SmallCNN().eval(), QuantSpec(), [])
     with pytest.raises(DataError, match=r"static mode got no calibration batches"):
         quantize(SmallCNN().eval(), QuantSpec(), [], example_inputs=(torch.rand(2, 1, 8, 8),))
+
+
+@pytest.mark.parametrize("delay_s", [0.4, 1.5, 4.0])
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(tmp_path: Path, delay_s: float) -> None:
+    """SIGINT to the real command at several moments — during its imports (torch, Prefect), while
+    Prefect's API starts, while the model loads: exit 130, one line, no traceback."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    argv = ["convert", "--model-factory", "tests.models:build_encoder", "--data", "tests.models:encoder_batches"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantstage.flows.cli", *argv, "--mode", "dynamic"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("quantstage:")]
+    assert ours == ["quantstage: interrupted: the conversion stopped; its MLflow run is marked FAILED"], stderr
+
+
+def test_an_error_after_ctrl_c_is_reported_as_the_interrupt(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C inside a lazy import leaves a half-initialised module whose next use raises anything."""
+    import quantstage.flows.cli as cli
+    import quantstage.flows.cli.convert as cli_convert
+
+    def half_imported(args: object) -> int:
+        cli._INTERRUPTED.set()  # what the SIGINT handler records
+        raise AttributeError("module 'torch._dynamo' has no attribute 'guards'")
+
+    monkeypatch.setattr(cli_convert, "_cmd_convert", half_imported)
+    code, err = _run(capsys, ["convert", "models:/m@a"])
+    assert code == 130 and err == ["quantstage: interrupted: the conversion stopped; its MLflow run is marked FAILED"]
 
 
 def test_interrupt_exits_130_with_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
