@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's ephemeral API gets 20 s to start by default, too little on a loaded 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install demo test test-fast test-hf lint typecheck bench stack clean
+.PHONY: install demo test test-fast test-zoo test-hf lint typecheck bench stack clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 # No servers, no flows: the library, the tasks' pure parts, the CLI's argument checks (seconds to ~2 minutes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not flow and not stack' --deselect tests/quant/engines/fx/test_convert_parity.py
+
+# The whole architecture matrix (tests/zoo.py: transformers' families and torchvision-style CNNs) on both
+# engines; `make test` runs a fast subset of it.
+test-zoo: $(STAMP)
+	$(BIN)/python -m pytest -m zoo
 
 # A real pretrained transformer (all-MiniLM-L6-v2) end to end: installs the hf extra first.
 HF_STAMP := $(VENV)/.installed-hf

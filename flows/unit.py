@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import task
@@ -29,7 +30,7 @@ from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.model_source import ModelSource
 from quantstage.quant.data.sources import Dataset, DataSpec
 from quantstage.quant.measure.evaluate import EvaluationSpec
-from quantstage.quant.measure.gates import GatesConfig, check_gates
+from quantstage.quant.measure.gates import GateResult, GatesConfig, check_gates
 from quantstage.quant.measure.sensitivity import LayerSensitivity
 from quantstage.quant.report.markdown import render_report
 from quantstage.quant.search.fallback import FallbackConfig, FallbackResult
@@ -137,16 +138,21 @@ class UnitResult(BaseModel):
     def failed(cls, job: UnitJob, error: str) -> UnitResult:
         return cls(index=job.index, name=job.name, run_id=job.run_id, spec=job.spec, error=error)
 
-    def score(self, sequential_p50_ms: float | None = None) -> CandidateScore:
-        """The ranking's view of this unit (``sequential_p50_ms``: its quiet re-measurement)."""
+    def score(
+        self, sequential: Mapping[str, float] | None = None, sequential_gates: Sequence[GateResult] = ()
+    ) -> CandidateScore:
+        """The ranking's view of this unit: ``sequential`` its quiet re-measurement (``sequential_*``
+        metrics), ``sequential_gates`` the gates judged on it."""
+        failed = [str(g["reason"]) for g in self.gates if not g.get("passed")]
+        failed += [g.reason for g in sequential_gates if not g.passed]
         return CandidateScore(
             index=self.index,
             name=self.name,
-            passed=self.passed and self.error is None,
+            passed=self.passed and self.error is None and all(g.passed for g in sequential_gates),
             accuracy_drop=self.metrics.get("accuracy_drop"),
-            latency_ms=sequential_p50_ms,
+            latency_ms=(sequential or {}).get("sequential_int8_latency_p50_ms"),
             parallel_latency_ms=self.metrics.get("int8_latency_p50_ms"),
-            failed_gates=tuple(str(g["reason"]) for g in self.gates if not g.get("passed")),
+            failed_gates=tuple(failed),
             error=self.error,
             metrics=dict(self.metrics),
         )
@@ -236,7 +242,9 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
             )
             clock.lap("benchmark_s")
         spec = quantized.spec
-        gates = check_gates(job.gates, accuracy, benchmarks[0], quantized.coverage)
+        # beside other candidates the timing is a screen: a sweep judges speed on the quiet re-benchmark
+        judged = job.gates.screening() if job.parallel else job.gates
+        gates = check_gates(judged, accuracy, benchmarks[0], quantized.coverage)
         report = render_report(
             source_uri=job.source_label,
             spec=spec,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "ArtifactError",
@@ -12,8 +14,13 @@ __all__ = [
     "SourceError",
     "SpecError",
     "TracingError",
+    "describe",
     "one_line",
+    "raised_by_quantstage",
+    "stage_error",
 ]
+
+_PACKAGE = Path(__file__).resolve().parent  # quant/: a frame here is quantstage's own code
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -51,3 +58,31 @@ class ArtifactError(QuantStageError):
 
 class SourceError(QuantStageError):
     """A model source (URI, registry name, alias) that cannot be resolved."""
+
+
+E = TypeVar("E", bound=QuantStageError)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of ``exc``."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {one_line(text.splitlines()[0], 300)}" if text else type(exc).__name__
+
+
+def raised_by_quantstage(exc: BaseException) -> bool:
+    """True when ``exc`` is a QuantStageError or was raised in quantstage's own code (``quant/``: a bug to
+    report as is), False when torch, a library or the model raised it (to classify)."""
+    if isinstance(exc, QuantStageError):
+        return True
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    return Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def stage_error(cls: type[E], stage: str, where: str, exc: BaseException, fix: str) -> E:
+    """A ``cls`` saying, on one line, that ``stage`` failed in ``where`` (a module path, an op, the model)
+    with ``exc`` (its type and first line) and how to fix it."""
+    return cls(one_line(f"{stage} failed in {where}: {describe(exc)}; fix: {fix}"))

@@ -18,6 +18,7 @@ the prepared model's observers, which is its purpose).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,10 +31,17 @@ from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.inputs import bind_to_forward
 from quantstage.quant.engines import engine_for
 from quantstage.quant.engines.base import Engine, Reference, UnusedSkip
-from quantstage.quant.errors import DataError, SpecError, TracingError
+from quantstage.quant.errors import (
+    DataError,
+    SpecError,
+    TracingError,
+    raised_by_quantstage,
+)
 from quantstage.quant.measure.coverage import Coverage, CoverageReport
+from quantstage.quant.tracing.linear_like import with_linear_equivalents
 from quantstage.quant.tracing.plan import PlannedParts, TracingPlan, show
-from quantstage.quant.tracing.submodules import assemble, check_mode, prepare_submodules
+from quantstage.quant.tracing.recover import assemble_running, calibration_failed, check_runs, part_failed
+from quantstage.quant.tracing.submodules import check_mode, prepare_submodules
 
 __all__ = ["Prepared", "Quantized", "Referenced", "Tracing", "prepare_model", "quantize"]
 
@@ -92,9 +100,24 @@ class Prepared:
     ) -> int:
         """Run up to ``max_batches`` (default ``spec.calibration_batches``) batches of inputs through
         the whole model, so every prepared part observes what it really sees; return how many ran."""
-        seen = run_inputs(
-            self.model, inputs, max_batches=max_batches or self.spec.calibration_batches, on_batch=on_batch
-        )
+        limit = max_batches or self.spec.calibration_batches
+        batches = list(itertools.islice(inputs, limit))
+        ran: list[int] = [0]
+
+        def progress(done: int, total: int) -> None:
+            ran[0] = done
+            if on_batch is not None:
+                on_batch(done, total)
+
+        while True:
+            ran[0] = 0
+            try:
+                seen = run_inputs(self.model, batches, max_batches=limit, on_batch=progress)
+                break
+            except Exception as exc:
+                if raised_by_quantstage(exc):
+                    raise
+                self._calibration_failed(exc, batches[ran[0]])  # raises, or leaves the part float: again
         if seen == 0:
             raise DataError(
                 "static mode got no calibration batches; allowed: an iterable of model inputs (a tensor, a tuple of "
@@ -103,6 +126,10 @@ class Prepared:
             )
         self.calibrated_batches += seen
         return seen
+
+    def _calibration_failed(self, exc: Exception, batch: Any) -> None:
+        """Leave the part(s) the failure lies in (or around) float, or raise it as one line."""
+        self.model, self.parts = calibration_failed(self.model, self.float_model, self.parts, exc, batch)
 
     def degenerate_ranges(self) -> list[str]:
         """One message per observer whose calibrated range cannot quantize well (the part named first)."""
@@ -114,8 +141,14 @@ class Prepared:
 
     def reference(self) -> Referenced:
         """The reference quantized model of every prepared part (the prepared model is not modified)."""
-        references = {path: self.engine.reference(m, self.spec_of(path)) for path, m in self.prepared_modules.items()}
-        return Referenced(self, references)
+        references: dict[str, Reference] = {}
+        failed: dict[str, str] = {}
+        for path, module in self.prepared_modules.items():
+            try:
+                references[path] = self.engine.reference(module, self.spec_of(path))
+            except Exception as exc:
+                failed[path] = part_failed(self.parts is None, self.float_model, "reference conversion", path, exc)
+        return Referenced(self, references, failed)
 
 
 @dataclasses.dataclass
@@ -124,34 +157,36 @@ class Referenced:
 
     prepared: Prepared
     references: dict[str, Reference]
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # parts left float: path -> why
 
     def lower(self, *, timing_repeats: int = 10) -> Quantized:
         """Lower every part (or finalise the reference model, ``spec.target: reference``) and
         measure coverage. On the submodule path the parts go into a copy of the model that
         shares its float weights, and the float time share is timed (``timing_repeats``; 0: not)."""
         p = self.prepared
-        lowered = {path: p.engine.lower(ref, p.spec_of(path)) for path, ref in self.references.items()}
-        coverage = {
-            path: p.engine.coverage(p.float_model.get_submodule(path) if path else p.float_model, ref, lowered[path])
-            for path, ref in self.references.items()
-        }
-        plan = None
+        failed = dict(self.failed)
+        lowered: dict[str, nn.Module] = {}
+        coverage: dict[str, CoverageReport] = {}
+        for path, ref in self.references.items():
+            stage = "lowering"
+            try:
+                lowered[path] = p.engine.lower(ref, p.spec_of(path))
+                stage = "measuring coverage"
+                float_part = p.float_model.get_submodule(path) if path else p.float_model
+                coverage[path] = p.engine.coverage(float_part, ref, lowered[path])
+            except Exception as exc:
+                failed[path] = part_failed(p.parts is None, p.float_model, stage, path, exc)
+                lowered.pop(path, None)
+        plan: TracingPlan | None = None
         if p.parts is None:
             model: nn.Module = lowered[""]
             report: Coverage = coverage[""]
+            check_runs(model, p.float_model, _positional(p.float_model, p.example_inputs))
         else:
-            plan = p.parts.plan
-            model, report = assemble(
-                p.engine,
-                p.float_model,
-                p.spec,
-                p.model,
-                p.parts,
-                lowered,
-                coverage,
-                p.example_inputs,
+            model, report, plan = assemble_running(
+                p.engine, p.float_model, p.spec, p.model, p.parts, failed, lowered, coverage, p.example_inputs,
                 timing_repeats=timing_repeats,
-            )
+            )  # fmt: skip
         return Quantized(
             model=model,
             spec=p.spec,
@@ -159,10 +194,10 @@ class Referenced:
             tracing=p.tracing,
             reason=p.reason,
             prepared=p.model if p.parts is None else None,
-            references=dict(self.references),
-            lowered=lowered,
+            references={path: r for path, r in self.references.items() if plan is None or path in plan.quantized},
+            lowered={path: m for path, m in lowered.items() if plan is None or path in plan.quantized},
             coverage=report,
-            part_coverage=coverage,
+            part_coverage={path: c for path, c in coverage.items() if plan is None or path in plan.quantized},
             plan=plan,
             unused_skips=p.unused_skips,
         )
@@ -253,6 +288,9 @@ def prepare_model(
             "mode 'qat' converts a model trained with QAT elsewhere; fix: pass its checkpoint "
             "(qat_checkpoint=..., written by save_qat_checkpoint), or use mode 'static'"
         )
+    model, replaced = with_linear_equivalents(model)  # GPT-2's Conv1D: the Linear it is (a copy; not in place)
+    if replaced:
+        logger.info("%d Linear-equivalent modules (e.g. %s) quantized as nn.Linear", len(replaced), replaced[0])
     if spec.tracing == "submodules":
         reason = "tracing: submodules"
     else:

@@ -20,6 +20,7 @@ from quantstage.quant.engines.base import ShippedFile
 from quantstage.quant.errors import ArtifactError
 from quantstage.quant.quantize import Quantized
 from quantstage.quant.ship.rebuild import save_bundle
+from quantstage.quant.ship.signature import served_form
 from quantstage.quant.ship.variants import VariantResult
 from quantstage.tasks._common import run_logger
 
@@ -85,7 +86,8 @@ def export_model(
     verify = _verify_inputs(dataset)
     engine = get_engine(quantized.engine)
     try:
-        served = with_output(quantized.model, dataset.output_key)  # what the registered model returns
+        # what the registered model returns, called like the float model (quant.ship.signature)
+        served = served_form(quantized.model, dataset.output_key, dataset.input_names, dataset.example_inputs)
         artifact, variants = engine.ship(
             served, Path(out_dir) / "model_int8.pt", verify, tolerance=tolerance, budget_s=budget_s
         )

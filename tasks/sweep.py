@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.measure.benchmark import benchmark
+from quantstage.quant.measure.gates import GateResult, speedup_gate
 from quantstage.quant.search.ranking import CandidateScore, Ranking, tradeoff_chart
 from quantstage.quant.ship.aoti import AOTI_SUFFIX, load_aoti
 from quantstage.quant.ship.rebuild import rebuild
@@ -94,9 +95,11 @@ def rebenchmark_candidate(
     *,
     iterations: int = 100,
     max_cv: float | None = 0.25,
-) -> dict[str, float]:
+    min_speedup: float | None = None,
+) -> tuple[dict[str, float], list[GateResult]]:
     """Benchmark one candidate's shipped model (as its run logged it) against the float model, alone
-    on the machine; log the numbers to its nested run as ``sequential_*`` metrics and return them."""
+    on the machine; log the numbers to its nested run as ``sequential_*`` metrics, judge the speed gate
+    (``min_speedup``) on them, and return both."""
     with tempfile.TemporaryDirectory(prefix="quantstage-rebenchmark-") as tmp:
         shipped = _load_shipped(model_uri, shipped_as, tmp)
         report = benchmark(
@@ -109,6 +112,8 @@ def rebenchmark_candidate(
         "sequential_speedup": report.speedup,
         "sequential_latency_stable": float(report.stable),
     }
+    gates = [speedup_gate(report, min_speedup)] if min_speedup is not None else []
+    metrics |= {f"gate.{g.name}.passed": float(g.passed) for g in gates}
     mlflow.MlflowClient().log_batch(
         run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()]
     )
@@ -120,7 +125,9 @@ def rebenchmark_candidate(
         report.speedup,
         "" if report.stable else " (unstable)",
     )
-    return metrics
+    for g in gates:
+        run_logger().info("re-benchmark #%d: %s", index, g.reason)
+    return metrics, gates
 
 
 def _finite(value: Any) -> Any:

@@ -30,6 +30,8 @@ from quantstage.quant.errors import one_line
 from quantstage.quant.ship.aoti import AotiArtifact
 from quantstage.quant.ship.torchscript import TorchScriptArtifact
 from quantstage.tasks._common import IO_RETRIES, run_logger
+from quantstage.tasks.model_signature import log_named_pytorch
+from quantstage.tasks.model_signature import model_signature as _signature
 from quantstage.tasks.record import ConversionRecord
 
 __all__ = [
@@ -204,15 +206,7 @@ def log_pytorch_model(
         return str(info.model_uri)
     names = tuple(names or (f"input_{i}" for i in range(len(args))))
     arrays = {n: a.detach().numpy() for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        serialization_format="pickle",
-        signature=infer_signature(arrays, output_np),
-        pip_requirements=[TORCH_REQUIREMENT],
-        run_id=run_id,
-        model_id=model_id,
-    )
+    info = log_named_pytorch(model, _signature(arrays, output_np), [TORCH_REQUIREMENT], run_id, model_id)
     target = run_id or mlflow.active_run().info.run_id  # type: ignore[union-attr]
     mlflow.MlflowClient().log_dict(target, {n: a.tolist() for n, a in arrays.items()}, "model/input_example.json")
     return str(info.model_uri)
@@ -229,7 +223,7 @@ def _log_pyfunc(run_id: str, features: Any, output: Any, **save: Any) -> str:
     log it as the run's ``model`` folder; return its URI. (pyfunc.log_model would need an active run.)"""
     with tempfile.TemporaryDirectory(prefix="quantstage-pyfunc-") as tmp:
         local = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(local, signature=infer_signature(features, output), input_example=features, **save)
+        mlflow.pyfunc.save_model(local, signature=_signature(features, output), input_example=features, **save)
         mlflow.MlflowClient().log_artifacts(run_id, str(local), "model")
     return f"runs:/{run_id}/model"
 

@@ -13,6 +13,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The whole architecture matrix (marker ``zoo``) runs only when asked for (``-m zoo``: ``make test-zoo``)."""
+    if "zoo" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if "zoo" not in item.keywords]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "zoo" in item.keywords])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A temporary MLflow tracking store (SQLite + local artifacts); cwd moves there so the

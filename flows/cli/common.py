@@ -7,11 +7,14 @@ import argparse
 import difflib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+
+from quantstage.flows.cli.codes import EXIT_BAD_INPUT, EXIT_GATE_FAILED
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -31,9 +34,6 @@ __all__ = [
     "threshold",
     "where_to_look",
 ]
-
-EXIT_BAD_INPUT = 2
-EXIT_GATE_FAILED = 3
 
 
 class _DropTracebacks(logging.Filter):
@@ -72,7 +72,13 @@ def quiet_prefect_tracebacks() -> None:
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
-                handler.addFilter(_DropTracebacks())
+                # this call's stderr: a stream bound by an earlier in-process call may be closed by now
+                # (a logging error there recurses through Prefect's print_as_log until RecursionError)
+                if handler.stream is not sys.stderr:  # not setStream: it flushes the old, maybe closed, one
+                    handler.stream = sys.stderr
+                    handler.console.file = sys.stderr  # what it prints through (rich)
+                if not any(isinstance(f, _DropTracebacks) for f in handler.filters):
+                    handler.addFilter(_DropTracebacks())
 
 
 def one_line(exc: ValidationError, source: str) -> str:
@@ -169,7 +175,7 @@ _GATES = {
     "min_cosine": "smallest cosine of the worst sample's embedding (embedding default 0.93)",
     "min_mean_cosine": "smallest mean embedding cosine (embedding default 0.98)",
     "min_sqnr_db": "smallest output SQNR in dB (regression default 20)",
-    "min_speedup": "smallest float/int8 p50 latency ratio (no default)",
+    "min_speedup": "smallest float/int8 latency ratio at the headline batch, beyond the measured noise (default 1.0)",
     "min_quantized_fraction": "smallest share of weighted parameters quantized (no default)",
 }
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -78,6 +79,24 @@ class BenchmarkReport:
         if not pairs:
             return self.float_latency.p50_ms / self.quant_latency.p50_ms
         return float(torch.tensor(pairs, dtype=torch.float64).median().item())
+
+    @property
+    def speedup_noise(self) -> float:
+        """How much of ``speedup`` the measured noise could account for: the one-sided 95 % margin of the
+        median of the paired ratios, ``1.645 * 1.253 * 1.4826 * MAD / sqrt(n)`` (its standard error
+        estimated from the median absolute deviation, which a few calls hit by a hiccup do not inflate).
+        0 without per-call times."""
+        pairs = [f / q for f, q in zip(self.float_times_ms, self.quant_times_ms) if q > 0]
+        if len(pairs) < 2:
+            return 0.0
+        ratios = torch.tensor(pairs, dtype=torch.float64)
+        mad = (ratios - ratios.median()).abs().median().item()
+        return 1.645 * 1.2533 * 1.4826 * mad / math.sqrt(len(pairs))
+
+    @property
+    def speedup_bound(self) -> float:
+        """``speedup`` less its noise: what the gate compares with ``min_speedup``."""
+        return self.speedup - self.speedup_noise
 
     @property
     def p50_ratio(self) -> float:

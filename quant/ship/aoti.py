@@ -24,9 +24,11 @@ __all__ = [
     "AOTI_SUFFIX",
     "AotiArtifact",
     "LoadedPackage",
+    "bind_keywords",
     "ProgramArtifact",
     "load_aoti",
     "load_shipped",
+    "package_keywords",
     "save_program",
     "ship_package",
 ]
@@ -48,21 +50,54 @@ class AotiArtifact:
     method: str = "aoti_package"
 
 
+def package_keywords(runner: Any) -> tuple[str, ...]:
+    """The keyword names a loaded AOTInductor package was exported with (its ``in_spec``'s kwargs), in order;
+    ``()`` for a package exported with positional arguments."""
+    try:
+        spec = torch.utils._pytree.treespec_loads(runner.loader.get_call_spec()[0])
+        return tuple(str(k) for k in spec.child(1).context)
+    except Exception:  # an older package or runner without a call spec: positional
+        return ()
+
+
+def bind_keywords(names: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Positional ``args`` and ``kwargs`` as the keyword set ``names`` (TypeError naming what is wrong)."""
+    if len(args) > len(names):
+        raise TypeError(f"the model takes {len(names)} arguments ({', '.join(names)}), got {len(args)} positional")
+    bound = dict(zip(names, args))
+    twice = sorted(set(bound) & set(kwargs))
+    bound.update(kwargs)
+    unknown = sorted(set(bound) - set(names))
+    missing = [n for n in names if n not in bound]
+    if twice or unknown or missing:
+        problems = [
+            f"{what}: {', '.join(which)}"
+            for what, which in (("given twice", twice), ("unknown", unknown), ("missing", missing))
+            if which
+        ]
+        raise TypeError(f"the model takes ({', '.join(names)}), all of them; {'; '.join(problems)}")
+    return {n: bound[n] for n in names}
+
+
 class LoadedPackage(torch.nn.Module):
-    """An AOTInductor package loaded for running: a module whose forward calls the compiled model
-    (positional tensors), and whose size is the package file's."""
+    """An AOTInductor package loaded for running: a module whose forward calls the compiled model with
+    positional and/or keyword tensors (bound to the names it was exported with), and whose size is the
+    package file's."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
         self._runner = torch._inductor.aoti_load_package(str(path))
+        self.names = package_keywords(self._runner)  # () when exported positionally
 
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
-    def forward(self, *args: Any) -> Any:
-        return self._runner(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.names:
+            return self._runner(*args, **kwargs)
+        return self._runner(**bind_keywords(self.names, args, kwargs))
 
 
 def load_aoti(path: str | Path) -> LoadedPackage:

@@ -126,9 +126,16 @@ def export_torchscript(
         scripted, method = model, method or "script"
     else:
         scripted, method = to_torchscript(model, verify_inputs[0])
-    with jit_quiet():
-        torch.jit.save(scripted, str(path))
-    loaded = load_torchscript(path)
+    try:
+        with jit_quiet():
+            torch.jit.save(scripted, str(path))
+        loaded = load_torchscript(path)
+    except Exception as exc:  # torch's own failure on this model's TorchScript: a form that cannot ship
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(
+            f"TorchScript ({method}) of {type(model).__name__} cannot be saved to {str(path)!r} and loaded back "
+            f"({type(exc).__name__}: {first}); refusing to ship it"
+        ) from exc
     reference = reference if reference is not None else model
     with torch.no_grad():
         for i, inputs in enumerate(verify_inputs):

@@ -11,6 +11,7 @@ and timed round-robin (so drift hits all alike); the fastest one that matches bi
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,16 @@ def torchscript_forms(model: torch.nn.Module, example: tuple[Any, ...]) -> list[
     ]
 
 
+def _saves(module: torch.jit.ScriptModule) -> None:
+    """Raise what saving ``module`` and loading it back raises (optimize_for_inference can fold a float
+    convolution into MKLDNN constants that run but do not round-trip)."""
+    buffer = io.BytesIO()
+    with jit_quiet():
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        torch.jit.load(buffer)  # type: ignore[no-untyped-call]  # unannotated in torch
+
+
 @torch.no_grad()
 def select_variant(
     model: torch.nn.Module,
@@ -92,7 +103,9 @@ def select_variant(
         try:
             candidate = build()
             diff = max(max_abs_diff(e, candidate(*inputs)) for e, inputs in zip(expected, verify_inputs))
-        except Exception as exc:  # a variant that cannot be built is reported, not fatal
+            if shippable:
+                _saves(candidate)
+        except Exception as exc:  # a variant that cannot be built (or saved) is reported, not fatal
             results[name] = VariantResult(name, None, None, False, shippable, str(exc).strip().splitlines()[0])
             continue
         built[name] = candidate

@@ -23,7 +23,9 @@ from torch import nn
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.inputs import call
 from quantstage.quant.engines.base import Engine
-from quantstage.quant.errors import SpecError, TracingError
+from quantstage.quant.errors import QuantStageError, SpecError, TracingError, raised_by_quantstage
+from quantstage.quant.tracing.linear_like import with_linear_equivalents
+from quantstage.quant.tracing.reads import copyable_attributes, watch_reads
 from quantstage.quant.tracing.reroot import join, kept_float_by_spec, spec_for_submodule
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "FloatModule",
     "PlannedParts",
     "TracingPlan",
+    "capture",
     "capture_inputs",
     "check_plan",
     "plan_parts",
@@ -94,6 +97,22 @@ class PlannedParts:
     plan: TracingPlan
     prepared: dict[str, nn.Module]
     specs: dict[str, QuantSpec]
+    attributes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # read by the glue: kept
+
+    def without(self, path: str, module_type: str, reason: str) -> PlannedParts:
+        """A copy of these parts with the part at ``path`` left float for ``reason`` (its children are
+        not tried); ``self`` is not modified."""
+        plan = TracingPlan(
+            tuple(p for p in self.plan.quantized if p != path),
+            (*self.plan.left_float, FloatModule(path, module_type, reason)),
+        )
+        keep = [p for p in self.plan.quantized if p != path]
+        return PlannedParts(
+            plan,
+            {p: self.prepared[p] for p in keep if p in self.prepared},
+            {p: self.specs[p] for p in keep if p in self.specs},
+            {p: a for p, a in self.attributes.items() if p != path},
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -118,6 +137,12 @@ def _detached(value: Any) -> Any:
 
 def capture_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Captured]:
     """The (args, kwargs) each module receives at its first call in one forward of ``model``."""
+    return capture(model, example_inputs)[0]
+
+
+def capture(model: nn.Module, example_inputs: Any) -> tuple[dict[str, Captured], dict[str, set[str]]]:
+    """What each module receives at its first call in one forward of ``model`` ((args, kwargs) by
+    path), and which of its attributes the code around it reads (``quant.tracing.reads``)."""
     captured: dict[str, Captured] = {}
 
     def hook(path: str) -> Any:
@@ -128,12 +153,12 @@ def capture_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Captured]
 
     handles = [m.register_forward_pre_hook(hook(path), with_kwargs=True) for path, m in model.named_modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), watch_reads(model) as reads:
             call(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return captured
+    return captured, reads
 
 
 def _positional(module: nn.Module, inputs: Captured) -> tuple[Any, ...]:
@@ -152,7 +177,8 @@ def _positional(module: nn.Module, inputs: Captured) -> tuple[Any, ...]:
 def plan_parts(engine: Engine, work: nn.Module, example_inputs: Any, spec: QuantSpec) -> PlannedParts:
     """Plan on ``work`` (a working copy, called once with ``example_inputs`` to capture what each
     module receives): prepare the largest submodules that prepare, leave the rest float."""
-    inputs = capture_inputs(work, example_inputs)
+    inputs, reads = capture(work, example_inputs)
+    attributes: dict[str, dict[str, Any]] = {}
     quantized: list[str] = []
     left_float: list[FloatModule] = []
     prepared: dict[str, nn.Module] = {}
@@ -169,12 +195,24 @@ def plan_parts(engine: Engine, work: nn.Module, example_inputs: Any, spec: Quant
         if kept is not None:
             left_float.append(FloatModule(path, type(module).__name__, kept))
             return
+        plain, tensors = copyable_attributes(module, reads.get(path, set()))
+        if tensors:  # the glue reads its weights: a quantized replacement would break it
+            reason = (
+                f"the code around it reads its {', '.join(repr(t) for t in tensors)}, which a quantized part "
+                f"does not have; kept float, its children tried"
+            )
+            left_float.append(FloatModule(path, type(module).__name__, reason))
+            for name, child in module.named_children():
+                visit(join(path, name), child)
+            return
         sub_spec = spec_for_submodule(spec, path, module)
         try:
             prepared[path] = engine.prepare(module, _positional(module, inputs[path]), sub_spec)
         except SpecError:
             raise
-        except Exception as exc:  # TracingError, or preparing failing in another way: try the children
+        except Exception as exc:  # TracingError, or torch failing to prepare it: try the children
+            if not isinstance(exc, QuantStageError) and raised_by_quantstage(exc):
+                raise  # a bug in quantstage, not a module that does not prepare
             logger.debug("%s does not prepare whole: %s", show(path), exc)
             left_float.append(FloatModule(path, type(module).__name__, _first_line(exc)))
             for name, child in module.named_children():
@@ -182,9 +220,11 @@ def plan_parts(engine: Engine, work: nn.Module, example_inputs: Any, spec: Quant
             return
         quantized.append(path)
         specs[path] = sub_spec
+        if plain:
+            attributes[path] = plain
 
     visit("", work)
-    return PlannedParts(TracingPlan(tuple(quantized), tuple(left_float)), prepared, specs)
+    return PlannedParts(TracingPlan(tuple(quantized), tuple(left_float)), prepared, specs, attributes)
 
 
 def plan_submodules(
@@ -194,7 +234,7 @@ def plan_submodules(
     ``model`` is not modified."""
     from quantstage.quant.engines import engine_for
 
-    work = copy.deepcopy(model).eval()
+    work = with_linear_equivalents(copy.deepcopy(model))[0].eval()
     return plan_parts(engine or engine_for(spec), work, example_inputs, spec).plan
 
 

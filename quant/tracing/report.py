@@ -13,7 +13,7 @@ from torch import nn
 
 from quantstage.quant.data.inputs import call
 from quantstage.quant.measure.coverage import CoverageEntry, CoverageReport
-from quantstage.quant.tracing.plan import LINEAR_CONV, MAX_LISTED, TracingPlan
+from quantstage.quant.tracing.plan import LINEAR_CONV, MAX_LISTED, FloatModule, TracingPlan
 from quantstage.quant.tracing.reroot import covers
 
 __all__ = ["SubmoduleCoverage", "SubmoduleRow", "float_time_share", "float_times", "submodule_coverage"]
@@ -201,9 +201,11 @@ def submodule_coverage(
     times: dict[str, float],
     total_ms: float | None,
     weight_only: tuple[str, ...] = (),
+    kept_float: Sequence[FloatModule] = (),
 ) -> SubmoduleCoverage:
     """The report of ``model`` (the float model) quantized by ``plan``: ``coverage`` holds each
-    quantized submodule's engine coverage report, ``times``/``total_ms`` the float timings."""
+    quantized submodule's engine coverage report, ``times``/``total_ms`` the float timings;
+    ``kept_float`` are other modules left float (embeddings with no weight-only form), a row each."""
     modules = dict(model.named_modules())
     rows_at = list(plan.quantized) + [f.path for f in plan.left_float]
     attributed: dict[str, int] = dict.fromkeys(rows_at, 0)
@@ -233,6 +235,8 @@ def submodule_coverage(
         )
     for f in plan.left_float:
         rows.append(SubmoduleRow(f.path, f.module_type, "float", f.reason, attributed[f.path], 0, None))
+    for f in kept_float:
+        rows.append(SubmoduleRow(f.path, f.module_type, "float", f.reason, 0, 0, None))
     order = {path: i for i, path in enumerate(modules)}
     rows.sort(key=lambda r: order.get(r.path, len(order)))
     share = 0.0 if "" in plan.quantized else None  # the whole model traced: nothing runs outside

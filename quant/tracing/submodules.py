@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from quantstage.quant.config.dotted import resolve_dotted
@@ -26,7 +27,8 @@ from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.base import Engine
 from quantstage.quant.errors import SpecError
 from quantstage.quant.measure.coverage import CoverageReport
-from quantstage.quant.tracing.plan import PlannedParts, TracingPlan, check_plan, plan_parts
+from quantstage.quant.tracing.failures import float_copy
+from quantstage.quant.tracing.plan import FloatModule, PlannedParts, TracingPlan, check_plan, plan_parts
 from quantstage.quant.tracing.report import SubmoduleCoverage, float_times, submodule_coverage
 from quantstage.quant.tracing.reroot import covers, kept_float_by_spec
 
@@ -35,6 +37,9 @@ __all__ = ["SUBMODULE_MODES", "assemble", "check_mode", "embeddings_outside", "p
 logger = logging.getLogger(__name__)
 
 SUBMODULE_MODES = ("static", "dynamic", "float16")
+
+# torch.fx.graph_module._USER_PRESERVED_ATTRIBUTES_KEY: GraphModule.__deepcopy__ restores these attributes
+_PRESERVED_KEY = "_user_preserved_attributes"
 
 
 def check_mode(spec: QuantSpec) -> None:
@@ -46,8 +51,15 @@ def check_mode(spec: QuantSpec) -> None:
         )
 
 
-def swap(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` at ``path`` in ``model``; return the (possibly new) root."""
+def swap(model: nn.Module, path: str, new: nn.Module, attributes: Mapping[str, Any] | None = None) -> nn.Module:
+    """Put ``new`` at ``path`` in ``model``, carrying the plain ``attributes`` the code around it
+    reads (those ``new`` lacks); return the (possibly new) root."""
+    carried = {name: value for name, value in (attributes or {}).items() if not hasattr(new, name)}
+    for name, value in carried.items():
+        setattr(new, name, value)
+    meta = getattr(new, "meta", None)
+    if carried and isinstance(meta, dict):  # a GraphModule: its deepcopy keeps only the attributes listed here
+        meta.setdefault(_PRESERVED_KEY, {}).update(carried)
     if not path:
         return new
     parent_path, _, name = path.rpartition(".")
@@ -67,7 +79,7 @@ def prepare_submodules(
     check_plan(model, parts.plan)
     logger.info("submodule plan: %s", parts.plan.summary())
     for path in parts.plan.quantized:
-        work = swap(work, path, parts.prepared[path])
+        work = swap(work, path, parts.prepared[path], parts.attributes.get(path))
     return work, parts
 
 
@@ -76,6 +88,30 @@ def _sharing_copy(work: nn.Module, keep: Mapping[str, nn.Module]) -> nn.Module:
     memo: dict[int, Any] = {id(p): p for p in work.parameters()}
     memo.update({id(m): m for m in keep.values()})
     return copy.deepcopy(work, memo)
+
+
+def _anchor_parameter_properties(model: nn.Module, final: nn.Module) -> list[str]:
+    """Give each module of ``final`` whose class reads its parameters in a ``device``/``dtype``
+    property (Hugging Face's ``PreTrainedModel``: ``next(self.parameters())``) and that has no float
+    parameter left once its parts are quantized a 0-element float parameter, so those properties
+    (and TorchScript's attribute scan, which calls them) keep working; return their paths."""
+    anchored = []
+    float_modules = dict(model.named_modules())
+    for path, module in final.named_modules():
+        cls = type(module)
+        if not any(isinstance(getattr(cls, n, None), property) for n in ("device", "dtype")):
+            continue
+        if any(p.is_floating_point() for p in module.parameters()) or path not in float_modules:
+            continue
+        like = next((p for p in float_modules[path].parameters() if p.is_floating_point()), None)
+        if like is None:
+            continue
+        module.register_parameter(
+            "quantstage_dtype_anchor",
+            nn.Parameter(torch.empty(0, dtype=like.dtype, device=like.device), requires_grad=False),
+        )
+        anchored.append(path)
+    return anchored
 
 
 def embeddings_outside(model: nn.Module, plan: TracingPlan, spec: QuantSpec) -> tuple[str, ...]:
@@ -96,6 +132,16 @@ def embeddings_outside(model: nn.Module, plan: TracingPlan, spec: QuantSpec) -> 
     return tuple(out)
 
 
+def _why_float(engine: Engine, embedding: nn.Module) -> str:
+    base = nn.EmbeddingBag if isinstance(embedding, nn.EmbeddingBag) else nn.Embedding
+    if type(embedding).forward is not base.forward:
+        return (
+            f"embedding outside the quantized parts: {type(embedding).__name__} overrides nn.{base.__name__}.forward "
+            f"(weight-only int8 would drop what it adds); kept float"
+        )
+    return f"embedding outside the quantized parts: the {engine.name} engine has no weight-only form for it; kept float"
+
+
 def assemble(
     engine: Engine,
     model: nn.Module,
@@ -107,24 +153,34 @@ def assemble(
     example_inputs: Any,
     *,
     timing_repeats: int = 10,
+    dropped: Sequence[str] = (),
 ) -> tuple[nn.Module, SubmoduleCoverage]:
     """The quantized model (lowered submodules in a copy of ``work`` that shares its float weights)
     and its report; the float time share is timed on ``example_inputs``, fastest of
-    ``timing_repeats`` runs (0: not timed). ``model`` and ``spec`` are the float model and spec given."""
+    ``timing_repeats`` runs (0: not timed). ``model`` and ``spec`` are the float model and spec given;
+    the parts at ``dropped`` (prepared, then left float: they failed to convert or to run) are put back float."""
     plan = parts.plan
     final = _sharing_copy(work, parts.prepared)
     for path in plan.quantized:
-        final = swap(final, path, lowered[path])
-    weight_only = []
+        final = swap(final, path, lowered[path], parts.attributes.get(path))
+    for path in dropped:
+        final = swap(final, path, float_copy(model.get_submodule(path)))
+    weight_only, kept_float = [], []
     for path in embeddings_outside(model, plan, spec):
-        quantized = engine.weight_only(model.get_submodule(path))
+        embedding = model.get_submodule(path)
+        quantized = engine.weight_only(embedding)
         if quantized is not None:
             final = swap(final, path, quantized)
             weight_only.append(path)
+        else:
+            kept_float.append(FloatModule(path, type(embedding).__name__, _why_float(engine, embedding)))
+    anchored = _anchor_parameter_properties(model, final)
+    if anchored:
+        logger.info("no float parameter left in %s: a 0-element one keeps their device/dtype properties", anchored)
     times: dict[str, float] = {}
     total_ms = None
     if timing_repeats > 0 and "" not in plan.quantized:
         times, total_ms = float_times(model, plan.quantized, [example_inputs], timing_repeats)
-    report = submodule_coverage(model, plan, dict(coverage), times, total_ms, tuple(weight_only))
+    report = submodule_coverage(model, plan, dict(coverage), times, total_ms, tuple(weight_only), kept_float)
     logger.info("submodule quantization: %s", report.summary().replace("\n", " "))
     return final.eval(), report

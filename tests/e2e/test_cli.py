@@ -14,6 +14,7 @@ import torch
 
 from quantstage.flows.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, main
 from tests.conftest import REPO_ROOT
+from tests.flows.test_speedup_gate_flow import inputs
 from tests.helpers import register
 from tests.models import Flat100, GatedNet
 
@@ -146,6 +147,8 @@ def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None
         "qnnpack",
         "--max-accuracy-drop",
         "0.05",
+        "--min-speedup",
+        "none",  # qnnpack on x86 may well be slower than float: this test is about the exit codes
     )
     assert code == 0
     assert "speedup" in out and "top-1 accuracy" in out
@@ -160,6 +163,22 @@ def test_convert_then_gate_failure(digits_source: str, tmp_path, capsys) -> None
     assert code == EXIT_GATE_FAILED
     assert line.startswith("quantstage: gate failed: digits-cli version 2 failed its gates (output SQNR")
     assert "models:/digits-cli@champion was not moved" in line
+
+
+@pytest.mark.flow
+def test_int8_slower_than_float_exits_3_naming_both_latencies(
+    mlflow_store: str, prefect_harness: None, tmp_path, capsys
+) -> None:
+    """The default speedup gate: a model whose int8 form is slower at the headline batch is not promoted."""
+    config = tmp_path / "batch1.yaml"
+    config.write_text("benchmark_batch_sizes: [1]\nbenchmark_iterations: 50\nsensitivity: false\n")
+    argv = ["convert", "--model-factory", "tests.flows.test_speedup_gate_flow:build_slow", "--task", "regression"]
+    argv += ["--data", inputs(tmp_path), "--registered-name", "slow-cli", "--config", str(config)]
+    code, line = _run(capsys, *argv)
+    assert code == EXIT_GATE_FAILED, line
+    assert line.startswith("quantstage: gate failed: slow-cli version 1 failed its gates (speedup ")
+    assert re.search(r"int8 p50 [0-9.]+ ms vs float p50 [0-9.]+ ms at batch 1, 1 thread", line), line
+    assert "models:/slow-cli@champion was not moved" in line
 
 
 def test_negative_accuracy_budget_rejected(capsys) -> None:

@@ -60,3 +60,55 @@ def test_static_int8_of_minilm_fails_its_default_gates(mlflow_store: str, prefec
     assert code == EXIT_GATE_FAILED, err
     assert "worst embedding cosine" in err and "FAILED" in err and "was not moved" in err
     assert _version("minilm-build-int8").version == before  # the alias stayed on the dynamic version
+
+
+_DROP_IN = """
+import json, os, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import mlflow, numpy as np, torch
+from transformers import AutoModel, AutoTokenizer
+from tests import minilm
+
+sentences = minilm.EVALUATION
+tokenizer = AutoTokenizer.from_pretrained(minilm.folder())
+float_model = AutoModel.from_pretrained(minilm.folder()).eval()
+champion = mlflow.pytorch.load_model("models:/minilm-build-int8@champion")
+pyfunc = mlflow.pyfunc.load_model("models:/minilm-build-int8@champion")
+
+def pooled(hidden, mask):
+    m = mask.unsqueeze(-1).float()
+    return (hidden * m).sum(1) / m.sum(1)
+
+with torch.no_grad():
+    enc = tokenizer(sentences, padding=True, return_tensors="pt")
+    reference = pooled(float_model(**enc).last_hidden_state, enc["attention_mask"])
+    keywords = champion(**enc)                                        # as the float model is called
+    positional = champion(enc["input_ids"], enc["attention_mask"])    # token_type_ids left out
+    predicted = pyfunc.predict({k: v.numpy() for k, v in enc.items()})
+cos = torch.nn.functional.cosine_similarity(pooled(keywords, enc["attention_mask"]), reference)
+print(json.dumps({
+    "positional_vs_keywords": (positional - keywords).abs().max().item(),
+    "pyfunc_vs_keywords": float(np.abs(np.asarray(predicted) - keywords.numpy()).max()),
+    "cosine_mean": cos.mean().item(),
+    "cosine_min": cos.min().item(),
+}))
+"""
+
+
+def test_champion_is_a_drop_in_for_the_float_model_in_a_fresh_process(mlflow_store: str) -> None:
+    """Loaded where quantstage never ran, the champion takes the float model's calls: the tokenizer's keywords,
+    positional arguments with an optional one left out, and a dict of named arrays through pyfunc."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": mlflow_store}
+    proc = subprocess.run([sys.executable, "-c", _DROP_IN], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["positional_vs_keywords"] == 0.0, got  # BERT's default token_type_ids are the zeros a tokenizer gives
+    assert got["pyfunc_vs_keywords"] == 0.0, got
+    assert got["cosine_mean"] >= 0.99 and got["cosine_min"] >= 0.96, got

@@ -23,7 +23,8 @@ def sensitive_uri(mlflow_store: str, prefect_harness: None) -> str:
 
 
 def _params(uri: str, **kwargs) -> ConvertParams:
-    return ConvertParams(model_uri=uri, gates=GatesConfig(max_accuracy_drop=0.02), benchmark_iterations=5, **kwargs)
+    gates = GatesConfig(max_accuracy_drop=0.02, min_speedup=None)  # about accuracy: the tiny MLP's int8 can be slower
+    return ConvertParams(model_uri=uri, gates=gates, benchmark_iterations=5, **kwargs)
 
 
 def test_without_fallback_the_gate_fails(sensitive_uri: str) -> None:

@@ -158,7 +158,7 @@ def test_model_torchscript_cannot_reproduce_ships_as_rebuild_bundle(
                 "data": {"source": str(tmp_path / "x.pt"), "batch_size": 8},
                 "spec": {"mode": "dynamic"},
                 "evaluation": {"task": "regression"},
-                "gates": {"min_output_sqnr_db": 25.0},
+                "gates": {"min_output_sqnr_db": 25.0, "min_speedup": None},  # its int8 is slower (0.49x)
                 "registered_name": "unscriptable-int8",
                 "benchmark_iterations": 10,
                 "sensitivity": False,

@@ -13,6 +13,7 @@ implements ``quant.engines.Engine`` on top of its modules:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,19 @@ from torch.fx import GraphModule
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Batch
 from quantstage.quant.engines.base import Reference, UnusedSkip
-from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs
 from quantstage.quant.engines.fx.convert import ReferenceModel, convert, lower, reference_convert
 from quantstage.quant.engines.fx.coverage import coverage_report
 from quantstage.quant.engines.fx.dynamic import use_eight_bit_activations
+from quantstage.quant.engines.fx.embedding import embedding_weight_only
 from quantstage.quant.engines.fx.prepare import degenerate_ranges, prepare
 from quantstage.quant.engines.fx.qat import load_qat_checkpoint, save_qat_checkpoint
 from quantstage.quant.engines.fx.sensitivity import layer_sensitivity
 from quantstage.quant.engines.fx.skips import check_skips, find_unused_skips
-from quantstage.quant.errors import ConversionError
+from quantstage.quant.errors import ArtifactError, ConversionError
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
+from quantstage.quant.ship.signature import check_patterns, named_forms, split_signature
 from quantstage.quant.ship.torchscript import TorchScriptArtifact, export_torchscript
 from quantstage.quant.ship.variants import VariantResult, select_variant, torchscript_forms
 
@@ -54,6 +56,8 @@ __all__ = [
     "reference_convert",
     "save_qat_checkpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _graph_module(model: nn.Module, what: str) -> GraphModule:
@@ -126,9 +130,7 @@ class FxEngine:
         )
 
     def weight_only(self, module: nn.Module) -> nn.Module | None:
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            return _fx.embedding_weight_only(module)
-        return None
+        return embedding_weight_only(module)
 
     def ship(
         self,
@@ -139,13 +141,26 @@ class FxEngine:
         tolerance: float = 0.0,
         budget_s: float | None = None,
     ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
-        forms = torchscript_forms(lowered, verify_inputs[0])
-        method, module, variants = select_variant(
-            lowered, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
-        )
-        artifact = export_torchscript(
-            module, path, verify_inputs, reference=lowered, tolerance=tolerance, method=method
-        )
+        served, signature = split_signature(lowered)  # a signature: ship forward with the float model's names
+        reference, inputs = served, list(verify_inputs)
+        if signature is not None:
+            forms, patterns = named_forms(served, signature, verify_inputs, tolerance)
+            reference, inputs = signature.reference(served), signature.take(verify_inputs)
+            try:
+                method, module, variants = select_variant(
+                    reference, inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
+                )
+            except ArtifactError as exc:  # not even with the names: positional TorchScript, as before
+                logger.warning("no named TorchScript forward (%s); shipping positional arguments", exc)
+                signature, reference, inputs = None, served, list(verify_inputs)
+        if signature is None:
+            forms = torchscript_forms(served, verify_inputs[0])
+            method, module, variants = select_variant(
+                served, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
+            )
+        artifact = export_torchscript(module, path, inputs, reference=reference, tolerance=tolerance, method=method)
+        if signature is not None:  # the saved file, loaded back, on every pattern it serves
+            check_patterns(artifact.module, served, signature.names, patterns(), verify_inputs, tolerance)
         return artifact, variants
 
 

@@ -59,7 +59,7 @@ def _require_prepared(prepared: torch.nn.Module) -> GraphModule:
     if not isinstance(prepared, GraphModule):
         raise ConversionError(
             f"expected a prepared model (torch.fx.GraphModule from prepare_fx/prepare_qat_fx), "
-            f"got {type(prepared).__name__}; prepare it first (quant.prepare.prepare)"
+            f"got {type(prepared).__name__}; prepare it first (quantstage.quant.prepare)"
         )
     if _OBSERVED_ATTRS not in prepared.meta:
         raise ConversionError(

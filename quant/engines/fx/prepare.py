@@ -14,7 +14,7 @@ from quantstage.quant.config.dotted import resolve_dotted
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs
-from quantstage.quant.errors import SpecError, TracingError
+from quantstage.quant.errors import SpecError, TracingError, raised_by_quantstage, stage_error
 
 __all__ = ["degenerate_ranges", "prepare"]
 
@@ -138,31 +138,44 @@ def prepare(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: Quant
             )
     except SpecError:
         raise
-    except LookupError as exc:
-        if "During fusion" not in str(exc):
-            raise
-        raise SpecError(
-            f"qconfig_mapping gives the parts of a fused pattern different qconfigs ({str(exc).splitlines()[0]}); "
-            f"fix: give every type of the pattern (e.g. Linear and ReLU) the same qconfig, or override "
-            f"by module_name instead of object_type"
-        ) from exc
     except Exception as exc:
-        leaves = [*spec.skip_modules, *spec.prepare_custom.non_traceable_module_names]
-        scope = _failing_scope(copy.deepcopy(model).eval(), leaves)
-        if scope is None:  # plain tracing works: the failure is not a tracing one
+        if isinstance(exc, LookupError) and "During fusion" in str(exc):
+            raise SpecError(
+                f"qconfig_mapping gives the parts of a fused pattern different qconfigs ({str(exc).splitlines()[0]}); "
+                f"fix: give every type of the pattern (e.g. Linear and ReLU) the same qconfig, or override "
+                f"by module_name instead of object_type"
+            ) from exc
+        if raised_by_quantstage(exc):
             raise
-        where = f"module {scope!r}" if scope else f"the root forward of {type(model).__name__}"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fix = (
-            f"keep that module float and untraced with prepare_custom.non_traceable_module_names: "
-            f"[{scope!r}] (or skip_modules: [{scope!r}])"
-            if scope
-            else "make the root forward traceable, or quantize its traceable submodules"
+        raise _prepare_error(model, spec, exc) from exc
+
+
+def _prepare_error(model: torch.nn.Module, spec: QuantSpec, exc: Exception) -> TracingError:
+    """The one-line TracingError for ``prepare_fx`` failing on ``model``: where tracing fails, or
+    (when plain tracing works) that preparing failed, with the fix."""
+    leaves = [*spec.skip_modules, *spec.prepare_custom.non_traceable_module_names]
+    scope = _failing_scope(copy.deepcopy(model).eval(), leaves)
+    if scope is None:  # plain tracing works: preparing itself failed (shape propagation, fusion, observers)
+        return stage_error(
+            TracingError,
+            "preparing (prepare_fx)",
+            type(model).__name__,
+            exc,
+            "keep the layer it names float with skip_modules, quantize by parts with tracing: submodules "
+            "(a failing part is left float), or use engine pt2e",
         )
-        raise TracingError(
-            f"torch.fx cannot symbolically trace {type(model).__name__} (failed in {where}: "
-            f"{first_line}); fix: make that forward free of data-dependent control flow, or {fix}"
-        ) from exc
+    where = f"module {scope!r}" if scope else f"the root forward of {type(model).__name__}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    fix = (
+        f"keep that module float and untraced with prepare_custom.non_traceable_module_names: "
+        f"[{scope!r}] (or skip_modules: [{scope!r}])"
+        if scope
+        else "make the root forward traceable, or quantize its traceable submodules"
+    )
+    return TracingError(
+        f"torch.fx cannot symbolically trace {type(model).__name__} (failed in {where}: "
+        f"{first_line}); fix: make that forward free of data-dependent control flow, or {fix}"
+    )
 
 
 def _observed_name(node: torch.fx.Node) -> str:

@@ -51,13 +51,13 @@ def load_qat_checkpoint(
     except Exception as exc:
         raise SpecError(
             f"QAT checkpoint {str(path)!r} cannot be loaded safely ({str(exc).splitlines()[0]}); "
-            f"it must be a torch.save of plain tensors and strings (see quant.qat.save_qat_checkpoint)"
+            f"it must be a torch.save of plain tensors and strings (see quantstage.quant.save_qat_checkpoint)"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise SpecError(
             f"{str(path)!r} is not a quantstage QAT checkpoint (format {found!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}); write it with quant.qat.save_qat_checkpoint"
+            f"{CHECKPOINT_FORMAT!r}); write it with quantstage.quant.save_qat_checkpoint"
         )
     spec = QuantSpec.model_validate_json(data["spec"])
     prepared = prepare(float_model, example_inputs, spec)

@@ -34,10 +34,12 @@ from quantstage.quant.engines.pt2e.coverage import coverage_report
 from quantstage.quant.engines.pt2e.package import AotiModule, lower_to_package
 from quantstage.quant.engines.pt2e.quantizer import check_spec
 from quantstage.quant.engines.pt2e.sensitivity import layer_sensitivity
+from quantstage.quant.engines.pt2e.stages import stage
 from quantstage.quant.errors import ConversionError, SpecError
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
 from quantstage.quant.ship.aoti import AotiArtifact, ProgramArtifact, save_program, ship_package
+from quantstage.quant.ship.signature import split_signature
 from quantstage.quant.ship.variants import VariantResult
 
 __all__ = ["PT2E_ENGINE", "AotiModule", "Pt2eEngine", "Pt2ePrepared", "Pt2eReference"]
@@ -49,6 +51,13 @@ def _reference(ref: Reference | nn.Module) -> Pt2eReference:
             f"the PT2E engine lowers the Pt2eReference its reference() made, got {type(ref).__name__}"
         )
     return ref
+
+
+def _model_name(module: nn.Module) -> str:
+    """The float model's class name a PT2E stage works on (as the export recorded it), else the wrapper's."""
+    inner = module.model if isinstance(module, OutputOf) else module
+    inner = getattr(inner, "reference", inner)  # an AotiModule: the reference it was compiled from
+    return str(getattr(inner, "model_name", "") or type(inner).__name__)
 
 
 def _aoti(lowered: nn.Module, what: str) -> AotiModule:
@@ -69,7 +78,8 @@ class Pt2eEngine:
         check_spec(spec)
 
     def prepare(self, model: nn.Module, example_args: tuple[Any, ...], spec: QuantSpec) -> nn.Module:
-        return prepare(model, example_args, spec)
+        with stage("prepare", type(model).__name__):  # capture failures are TracingErrors already
+            return prepare(model, example_args, spec)
 
     def load_qat(
         self, checkpoint: str | Path, model: nn.Module, example_args: tuple[Any, ...]
@@ -96,11 +106,13 @@ class Pt2eEngine:
         return degenerate_ranges(prepared)
 
     def reference(self, prepared: nn.Module, spec: QuantSpec) -> Pt2eReference:
-        return reference(prepared, spec)
+        with stage("convert", _model_name(prepared)):
+            return reference(prepared, spec)
 
     def lower(self, reference: Reference, spec: QuantSpec) -> nn.Module:
         ref = _reference(reference)
-        return lower_to_package(ref, ref.names, ref.example_args, ref.dynamic_shapes)
+        with stage("compile", _model_name(ref)):
+            return lower_to_package(ref, ref.names, ref.example_args, ref.dynamic_shapes)
 
     def reference_module(self, reference: Reference) -> nn.Module:
         return _reference(reference)
@@ -111,7 +123,7 @@ class Pt2eEngine:
         """The reference model as an exported program (``torch.export.save``, dynamic batch)."""
         inner = module.model if isinstance(module, OutputOf) else module
         ref = _reference(inner)
-        with torch.no_grad(), pt2e_quiet():
+        with stage("ship", _model_name(ref)), torch.no_grad(), pt2e_quiet():
             program = torch.export.export(module, ref.example_args, dynamic_shapes=(ref.dynamic_shapes,), strict=False)
         return save_program(program, path.with_suffix(".pt2"), module, verify_inputs)
 
@@ -119,13 +131,14 @@ class Pt2eEngine:
         ref = _reference(reference)
         spec = ref.spec
         overrides = spec.mapping_spec().overrides
-        return coverage_report(
-            float_model,
-            ref.exported,
-            form="dynamic int8" if spec.mode == "dynamic" else "static int8",
-            skip_names=[o.key for o in overrides if o.set == "module_name" and o.qconfig is None],
-            skip_types=[o.key for o in overrides if o.set == "object_type" and o.qconfig is None],
-        )
+        with stage("convert", _model_name(ref)):
+            return coverage_report(
+                float_model,
+                ref.exported,
+                form="dynamic int8" if spec.mode == "dynamic" else "static int8",
+                skip_names=[o.key for o in overrides if o.set == "module_name" and o.qconfig is None],
+                skip_types=[o.key for o in overrides if o.set == "object_type" and o.qconfig is None],
+            )
 
     def sensitivity(
         self, prepared: nn.Module, lowered: nn.Module, batches: Sequence[Batch], max_batches: int
@@ -153,13 +166,15 @@ class Pt2eEngine:
         """The lowered package, copied to ``path`` (``.pt2``), loaded back and verified. A model served
         through an output key (``OutputOf``) is compiled again with the key applied, so the package
         returns the tensor users compare."""
-        if isinstance(lowered, OutputOf):
-            inner = _aoti(lowered.model, "ship")
-            lowered = lower_to_package(
-                OutputOf(inner.reference, lowered.key), inner.names, inner.example_args, inner.dynamic_shapes
-            )
-        aoti = _aoti(lowered, "ship")
-        artifact = ship_package(aoti.path, path, aoti, verify_inputs, tolerance=tolerance, compile_s=aoti.compile_s)
+        lowered, _ = split_signature(lowered)  # the package takes forward's names as keywords already
+        with stage("ship", _model_name(lowered)):
+            if isinstance(lowered, OutputOf):
+                inner = _aoti(lowered.model, "ship")
+                lowered = lower_to_package(
+                    OutputOf(inner.reference, lowered.key), inner.names, inner.example_args, inner.dynamic_shapes
+                )
+            aoti = _aoti(lowered, "ship")
+            artifact = ship_package(aoti.path, path, aoti, verify_inputs, tolerance=tolerance, compile_s=aoti.compile_s)
         variant = VariantResult("aoti_package", None, artifact.max_abs_diff, True, True)
         return artifact, [variant]
 

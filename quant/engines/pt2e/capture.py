@@ -7,6 +7,7 @@ specializes it), so an example batch of 1 is repeated to 2 rows for the export o
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import re
@@ -16,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantstage.quant.engines.pt2e.gelu import swap_tanh_gelu
 from quantstage.quant.errors import TracingError
 
-__all__ = ["MAX_BATCH", "Bound", "export_program", "forward_names"]
+__all__ = ["MAX_BATCH", "Bound", "export_program", "distinct_calls", "forward_names", "working_copy"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ def forward_names(model: nn.Module, count: int) -> tuple[str, ...]:
 
 class Bound(nn.Module):
     """Calls an exported graph, which takes positional tensors only, the way the float model was called:
-    keyword arguments are bound to positions by the float model's parameter names."""
+    keyword arguments are bound to positions by the float model's parameter names (one exported as
+    ``None``, such as a KV cache between two inputs, may be left out)."""
 
     def __init__(self, names: Sequence[str]) -> None:
         super().__init__()
@@ -54,6 +57,10 @@ class Bound(nn.Module):
             return args
         values = dict(zip(self.names, args))
         values.update(kwargs)
+        example = getattr(self, "example_args", ())  # an argument exported as None (a cache) may be left out
+        for name, value in zip(self.names, example):
+            if value is None:
+                values.setdefault(name, None)
         unknown = sorted(set(kwargs) - set(self.names))
         missing = [n for n in self.names if n not in values]
         if unknown or missing:
@@ -61,6 +68,46 @@ class Bound(nn.Module):
                 f"the exported model takes {', '.join(self.names)} (as exported); got {', '.join(sorted(values))}"
             )
         return tuple(values[n] for n in self.names)
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """The copy of ``model`` PT2E exports, in eval mode (``quant.quantize.prepare_model`` has already made
+    GPT-2's ``Conv1D`` the ``nn.Linear`` it is: ``quant.tracing.linear_like``): tanh-GELU modules swapped
+    for ``nn.GELU`` (``gelu.py``), and
+    a transformers model's key/value cache off (a ``DynamicCache`` output is no tensor tree
+    torch.export can return, and a converted model serves one forward pass, with no cache to carry);
+    ``model`` is not modified."""
+    work = copy.deepcopy(model).eval()
+    swap_tanh_gelu(work)
+    config = getattr(work, "config", None)
+    if getattr(config, "use_cache", None) is True:
+        config.use_cache = False  # type: ignore[union-attr]
+    return work
+
+
+def distinct_calls(graph: nn.Module) -> int:
+    """Give each call of a module that runs more than once its own path in the exported graph
+    (``layer1.0.relu@1``, from torch.export's ``nn_module_stack`` key); return how many nodes changed.
+
+    X86InductorQuantizer groups nodes into patterns by the innermost module path: a module called
+    twice (torchvision's ResNet reuses ``self.relu`` after the residual add) is one pattern with two
+    outputs, which torchao refuses ("Input partition has more than one output node"). The call's
+    path is added as one more innermost entry (``module_name`` skips still see the module's own
+    path); ``coverage.module_path`` strips the suffix again."""
+    changed = 0
+    for node in graph.graph.nodes:  # type: ignore[union-attr]
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        calls = "".join(match.group(0) for match in map(_CALL.search, map(str, stack)) if match)
+        key, (path, cls) = list(stack.items())[-1]
+        if calls and not str(path).endswith(calls):  # an extra innermost entry: module_name filters still match
+            node.meta["nn_module_stack"] = {**stack, f"{key}{calls}#call": (f"{path}{calls}", cls)}
+            changed += 1
+    return changed
+
+
+_CALL = re.compile(r"@(\d+)$")
 
 
 def _batched(example_args: tuple[Any, ...]) -> tuple[tuple[Any, ...], int]:

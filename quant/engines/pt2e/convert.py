@@ -18,15 +18,24 @@ from torch import nn
 
 from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.pt2e._torchao import pt2e_quiet, torchao
-from quantstage.quant.engines.pt2e.capture import Bound, export_program, forward_names
+from quantstage.quant.engines.pt2e.capture import (
+    Bound,
+    distinct_calls,
+    export_program,
+    forward_names,
+    working_copy,
+)
 from quantstage.quant.engines.pt2e.quantizer import build_quantizer
+from quantstage.quant.engines.pt2e.stages import stage
 from quantstage.quant.errors import ConversionError
 
 __all__ = ["Pt2ePrepared", "Pt2eReference", "degenerate_ranges", "prepare", "reference"]
 
 
 class _Graph(Bound):
-    """An exported graph module called like the float model."""
+    """An exported graph module called like the float model; ``model_name`` is the float model's class."""
+
+    model_name = ""
 
     def __init__(
         self,
@@ -45,7 +54,8 @@ class _Graph(Bound):
 
 
 class Pt2ePrepared(_Graph):
-    """A ``prepare_pt2e`` model (observers in place) and the float exported graph it came from."""
+    """A ``prepare_pt2e`` model (observers in place) and the float exported graph it came from; a
+    failure while calibrating is one line naming the stage."""
 
     def __init__(
         self,
@@ -58,6 +68,11 @@ class Pt2ePrepared(_Graph):
         super().__init__(graph, names, example_args, dynamic_shapes)
         self.float_graph = float_graph
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args = self.positional(args, kwargs)
+        with stage("calibrate", self.model_name):
+            return self.exported(*args)
+
 
 class Pt2eReference(_Graph):
     """A ``convert_pt2e`` model: quantize/dequantize pairs around float aten ops (the reference model)."""
@@ -66,6 +81,7 @@ class Pt2eReference(_Graph):
         super().__init__(graph, prepared.names, prepared.example_args, prepared.dynamic_shapes)
         self.float_graph = prepared.float_graph
         self.spec = spec
+        self.model_name = prepared.model_name
 
     @property
     def code(self) -> str:
@@ -77,14 +93,17 @@ def prepare(model: nn.Module, example_args: tuple[Any, ...], spec: QuantSpec) ->
     api = torchao()
     quantizer = build_quantizer(spec)
     with pt2e_quiet():
-        program, args, shapes = export_program(copy.deepcopy(model).eval(), example_args)
+        program, args, shapes = export_program(working_copy(model), example_args)
         graph = program.module()
+        distinct_calls(graph)
         float_graph = copy.deepcopy(graph)
         prepared = api.prepare_pt2e(graph, quantizer)
         if spec.mode == "dynamic":  # convert_pt2e needs every placeholder observer to have run once
             with torch.no_grad():
                 prepared(*args)
-    return Pt2ePrepared(prepared, float_graph, forward_names(model, len(args)), args, shapes)
+    result = Pt2ePrepared(prepared, float_graph, forward_names(model, len(args)), args, shapes)
+    result.model_name = type(model).__name__
+    return result
 
 
 def reference(prepared: nn.Module, spec: QuantSpec) -> Pt2eReference:

@@ -7,6 +7,7 @@ int8 kernel. Layer names are module paths from the export's ``nn_module_stack``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,7 @@ from quantstage.quant.measure.coverage import FLOAT, QUANTIZED, REASON_SKIPPED, 
 __all__ = ["coverage_report", "layer_nodes", "layer_ops", "module_path"]
 
 REASON_NOT_ANNOTATED = "left float by X86InductorQuantizer (no pattern for it)"
+REASON_DYNAMIC_CONV = "dynamic mode quantizes linear layers only (convolutions need mode static)"
 
 
 def layer_ops() -> set[Any]:
@@ -49,7 +51,7 @@ def module_path(node: torch.fx.Node) -> tuple[str, str]:
     if not stack:
         return "", ""
     path, cls = list(stack.values())[-1]
-    path = str(path)
+    path = re.sub(r"(@\d+)+$", "", str(path))  # capture.distinct_calls' call suffix
     for prefix in ("L['self'].", "L__self__."):
         path = path.removeprefix(prefix)
     cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].strip("'>")
@@ -97,7 +99,9 @@ def coverage_report(
             status, reason = QUANTIZED, form
         else:
             skipped = _skipped(name, cls, skip_names, skip_types)
-            status, reason = FLOAT, REASON_SKIPPED if skipped else REASON_NOT_ANNOTATED
+            conv = node.target is not torch.ops.aten.linear.default
+            unannotated = REASON_DYNAMIC_CONV if conv and form.startswith("dynamic") else REASON_NOT_ANNOTATED
+            status, reason = FLOAT, REASON_SKIPPED if skipped else unannotated
         op = cls if module is not None else str(node.target).split(".")[1]
         entries.append(CoverageEntry(label if count == 0 else f"{label}#{count}", op, status, reason, params))
     return CoverageReport(tuple(entries))

@@ -35,6 +35,7 @@ from quantstage.quant.engines.pt2e._torchao import pt2e_quiet, torchao
 from quantstage.quant.engines.pt2e.capture import Bound
 from quantstage.quant.errors import ConversionError, DataError
 from quantstage.quant.ship.aoti import LoadedPackage
+from quantstage.quant.ship.signature import named_module
 
 __all__ = ["PORTABLE_MARCH", "AotiModule", "compile_package", "lower_to_package", "portable_target"]
 
@@ -88,18 +89,34 @@ def portable_target() -> dict[str, Any]:
 
 
 def compile_package(
-    module: torch.nn.Module, example_args: tuple[Any, ...], dynamic_shapes: tuple[Any, ...], path: Path
+    module: torch.nn.Module,
+    example_args: tuple[Any, ...],
+    dynamic_shapes: tuple[Any, ...],
+    path: Path,
+    names: Sequence[str] | None = None,
 ) -> tuple[Path, float]:
     """AOT-compile ``module`` (re-exported with ``dynamic_shapes``) into the package ``path``; return
-    it and the seconds it took (export + compile)."""
+    it and the seconds it took (export + compile). With ``names`` (forward's argument names) the package
+    is exported with keyword arguments: ``aoti_load_package(path)(**named)`` takes them in any order
+    (exactly that set; ``LoadedPackage`` binds positional calls to them)."""
     torchao()  # registers the int8 fusion passes Inductor needs
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    keywords = names is not None and len(names) == len(example_args) and all(n.isidentifier() for n in names)
     try:
         with torch.no_grad(), pt2e_quiet():
-            program = torch.export.export(
-                module, example_args, dynamic_shapes=_for_signature(module, dynamic_shapes), strict=False
-            )
+            if keywords and names is not None:
+                program = torch.export.export(
+                    named_module(module, names),
+                    (),
+                    kwargs=dict(zip(names, example_args)),
+                    dynamic_shapes=dict(zip(names, dynamic_shapes)),
+                    strict=False,
+                )
+            else:
+                program = torch.export.export(
+                    module, example_args, dynamic_shapes=_for_signature(module, dynamic_shapes), strict=False
+                )
             with _qconv_channels_last():
                 out = torch._inductor.aoti_compile_and_package(
                     program, package_path=str(path), inductor_configs={"freezing": True, **portable_target()}
@@ -206,9 +223,11 @@ def lower_to_package(
     min_sqnr_db: float = 25.0,
 ) -> AotiModule:
     """Compile ``reference`` into a package in a temporary folder and check it reproduces the reference
-    at the example batch and at batch 1 (SQNR ≥ ``min_sqnr_db``): a mis-lowered package is an error."""
+    at the example batch and at batch 1. A model of several inputs is exported with keyword arguments
+    named ``names`` (the raw package then takes exactly those keywords, in any order) (SQNR ≥ ``min_sqnr_db``): a mis-lowered package is an error."""
     folder = Path(tempfile.mkdtemp(prefix="quantstage-aoti-"))
-    path, seconds = compile_package(reference, example_args, dynamic_shapes, folder / "model.pt2")
+    keywords = names if len(names) > 1 else None  # one input stays positional: the raw package takes model(x)
+    path, seconds = compile_package(reference, example_args, dynamic_shapes, folder / "model.pt2", keywords)
     module = AotiModule(path, names, reference, example_args, dynamic_shapes, seconds)
     weakref.finalize(module, shutil.rmtree, folder, True)
     for label, args in (("example batch", example_args), ("batch 1", _first_row(example_args))):

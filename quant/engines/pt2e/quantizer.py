@@ -32,7 +32,7 @@ from quantstage.quant.config.spec import ConvertCustomSpec, PrepareCustomSpec, Q
 from quantstage.quant.engines.pt2e._torchao import torchao
 from quantstage.quant.errors import SpecError
 
-__all__ = ["build_quantizer", "check_spec", "supported_object_types"]
+__all__ = ["build_quantizer", "check_spec", "float_only", "supported_object_types"]
 
 _FIX = "fix: remove it, or use engine 'fx'"
 _STATIC_QCONFIGS = {"default"}
@@ -167,11 +167,42 @@ def _with_observers(config: Any, activation: str, weight: str) -> Any:
     return dataclasses.replace(config, input_activation=act, output_activation=act, weight=wgt)
 
 
+def _floating(node: Any) -> bool:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return not isinstance(value, torch.Tensor) or value.dtype.is_floating_point
+
+
+def float_only(graph: Any) -> int:
+    """Drop the annotations X86InductorQuantizer puts on integer tensors (RoBERTa's position ids:
+    ``cumsum(mask) * mask`` is an int32 ``mul``/``add`` it annotates like a float one, and
+    Inductor's ``choose_qparams`` then refuses int32 at compile time); return how many it dropped."""
+    dropped = 0
+    for node in graph.graph.nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if annotation is None:
+            continue
+        for arg in [a for a in annotation.input_qspec_map if not _floating(a)]:
+            del annotation.input_qspec_map[arg]
+            dropped += 1
+        if annotation.output_qspec is not None and not _floating(node):
+            annotation.output_qspec = None
+            dropped += 1
+    return dropped
+
+
 def build_quantizer(spec: QuantSpec) -> Any:
-    """The ``X86InductorQuantizer`` for ``spec`` (``check_spec`` has passed)."""
+    """The ``X86InductorQuantizer`` for ``spec`` (``check_spec`` has passed), annotating float tensors only."""
     xiq = torchao().xiq
     config = _config(spec)
     quantizer = xiq.X86InductorQuantizer()
+    annotate = quantizer.annotate
+
+    def annotate_floats(model: Any) -> Any:
+        annotated = annotate(model)
+        float_only(model)
+        return annotated
+
+    quantizer.annotate = annotate_floats
     mapping = spec.mapping_spec()
     if mapping.preset != "none":
         quantizer.set_global(config)

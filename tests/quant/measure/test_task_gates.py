@@ -16,18 +16,17 @@ def _embedding(mean: float, worst: float, sqnr: float = 15.0) -> AccuracyReport:
 @pytest.mark.parametrize(
     ("task", "expected"),
     [
-        ("classification", {"max_accuracy_drop": 0.01, "min_agreement": 0.90}),
-        ("embedding", {"min_cosine": 0.93, "min_mean_cosine": 0.98}),
-        ("regression", {"min_output_sqnr_db": 20.0}),
+        ("classification", {"max_accuracy_drop": 0.01, "min_agreement": 0.90, "min_speedup": 1.0}),
+        ("embedding", {"min_cosine": 0.93, "min_mean_cosine": 0.98, "min_speedup": 1.0}),
+        ("regression", {"min_output_sqnr_db": 20.0, "min_speedup": 1.0}),
     ],
 )
 def test_each_task_has_default_gates(task: str, expected: dict[str, float]) -> None:
     gates = GatesConfig().for_task(task)
     assert {k: getattr(gates, k) for k in expected} == expected == TASK_DEFAULTS[task]
     assert set(gates.task_defaults) == set(expected)
-    others = {"max_accuracy_drop", "min_agreement", "min_cosine", "min_mean_cosine", "min_output_sqnr_db"} - set(
-        expected
-    )
+    gate_names = {"max_accuracy_drop", "min_agreement", "min_cosine", "min_mean_cosine", "min_output_sqnr_db"}
+    others = gate_names - set(expected)
     assert all(getattr(gates, k) is None for k in others)
 
 
@@ -50,7 +49,7 @@ def test_embedding_defaults_tell_good_from_damaged(mean: float, worst: float, pa
 
 def test_an_explicit_null_switches_a_default_off() -> None:
     gates = GatesConfig.model_validate({"min_cosine": None, "min_mean_cosine": 0.95}).for_task("embedding")
-    assert gates.min_cosine is None and gates.min_mean_cosine == 0.95 and gates.task_defaults == ()
+    assert gates.min_cosine is None and gates.min_mean_cosine == 0.95 and gates.task_defaults == ("min_speedup",)
     assert [r.name for r in check_gates(gates, _embedding(0.96, 0.5))] == ["min_mean_cosine"]
     none = GatesConfig(max_accuracy_drop=None, min_agreement=None).for_task("classification")
     assert check_gates(none, AccuracyReport(8, 1.0, 0.0, 0.0, 0.0)) == []

@@ -54,9 +54,7 @@ def test_missing_and_foreign_files_are_refused(trained, tmp_path) -> None:
         load_qat_checkpoint(tmp_path / "nope.pt", model, (x,))
     foreign = tmp_path / "state.pt"
     torch.save(model.state_dict(), foreign)
-    with pytest.raises(
-        SpecError, match=r"is not a quantstage QAT checkpoint .*write it with quant\.qat\.save_qat_checkpoint"
-    ):
+    with pytest.raises(SpecError, match=r"is not a quantstage QAT checkpoint .*write it with .*save_qat_checkpoint"):
         load_qat_checkpoint(foreign, model, (x,))
 
 

@@ -1,0 +1,346 @@
+"""Ship a model that is called like the float model: its argument names, keywords in any order, and
+optional arguments left out.
+
+A traced TorchScript module takes the positional tensors it was traced with, under made-up names
+(``argument_1``...), all required. When the data came as dicts (the input names are known),
+``named_torchscript`` ships a scripted wrapper instead, whose ``forward`` has the float model's
+argument names; an argument that has a default in the float ``forward`` is ``Optional[Tensor] = None``
+there. The wrapper dispatches on which optional arguments are present to one TorchScript variant per
+presence pattern (at most ``MAX_OPTIONAL`` optional arguments, so at most 8 variants), each traced by
+calling the model with those keyword arguments only and checked against the model on the
+verification inputs; a pattern whose variant cannot be traced or does not reproduce the model is
+dropped (its arguments stay required), and the reason is logged. The variants are traced from the
+same module, so they share its parameter tensors (saved once).
+
+``torch.jit.script`` needs the wrapper's source: it is generated and registered in ``linecache``
+(as torch.fx does for its generated code). ``named_module`` builds the same kind of plain Python
+wrapper for torch.export (keyword names kept in the AOTInductor package).
+
+Served models carry their ``CallSignature`` into an engine's ``ship`` as ``Called`` (``with_signature``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import keyword
+import linecache
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from quantstage.quant.data.inputs import forward_parameters
+from quantstage.quant.data.outputs import with_output
+from quantstage.quant.errors import ArtifactError
+from quantstage.quant.ship.torchscript import jit_quiet, max_abs_diff, to_torchscript
+
+__all__ = [
+    "MAX_OPTIONAL",
+    "CallSignature",
+    "Called",
+    "Pattern",
+    "call_signature",
+    "check_patterns",
+    "named_forms",
+    "named_module",
+    "named_torchscript",
+    "served_form",
+    "split_signature",
+    "with_signature",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_OPTIONAL = 3  # optional arguments whose presence patterns get a variant each (2**3 = 8 at most)
+
+Pattern = tuple[str, ...]  # the argument names present in one call, in signature order
+
+
+@dataclasses.dataclass(frozen=True)
+class CallSignature:
+    """How the served model is called: ``names`` (forward's argument names, in the batches' positional
+    order) of which ``optional`` had a default in the float ``forward`` and may be left out."""
+
+    names: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    unused: tuple[str, ...] = ()  # optional arguments the data never gives (bound to their default None)
+
+    @property
+    def used(self) -> tuple[str, ...]:
+        """The arguments the served model takes: every name but the unused ones."""
+        return tuple(n for n in self.names if n not in self.unused)
+
+    def take(self, inputs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Positional inputs (one tuple per batch, in ``names`` order) as the served model takes them: ``used`` only."""
+        return [tuple(a for n, a in zip(self.names, args) if n not in self.unused) for args in inputs]
+
+    def reference(self, model: nn.Module) -> nn.Module:
+        """``model`` called as the served model is: the ``used`` arguments, positionally, passed by name."""
+        return _Keywords(model, self.used)
+
+    def patterns(self) -> list[Pattern]:
+        """Every presence pattern of the optional arguments, all present first."""
+        leavable = [n for n in self.optional if n not in self.unused][-MAX_OPTIONAL:]
+        found: list[Pattern] = []
+        for dropped in range(len(leavable) + 1):
+            for absent in itertools.combinations(leavable, dropped):
+                found.append(tuple(n for n in self.used if n not in absent))
+        return found
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)  # OutputOf / Called wrap the model as .model
+    return _unwrapped(inner) if isinstance(inner, nn.Module) and _variadic(model) else model
+
+
+def _variadic(model: nn.Module) -> bool:
+    return any(p.kind is p.VAR_POSITIONAL for p in forward_parameters(model))
+
+
+def call_signature(model: nn.Module, names: Sequence[str] | None, example: Sequence[Any] = ()) -> CallSignature | None:
+    """The signature ``model`` (or the model a ``*args`` wrapper of it calls) is served with for batches
+    bound to ``names``; an optional argument that is None in ``example`` (one batch's positional
+    arguments: a gap the binding filled with the default, e.g. GPT-2's ``past_key_values``) is not taken.
+    None without names, or when they are not plain identifiers."""
+    if not names or any(not n.isidentifier() or keyword.iskeyword(n) for n in names):
+        return None
+    params = {p.name: p for p in forward_parameters(_unwrapped(model))}
+    optional = tuple(n for n in names if n in params and params[n].default is not inspect.Parameter.empty)
+    unused = tuple(n for n, value in zip(names, example) if value is None and n in optional)
+    return CallSignature(tuple(names), optional, unused)
+
+
+class Called(nn.Module):
+    """``model`` as it is served, carrying the ``CallSignature`` its callers use (for ``ship``)."""
+
+    def __init__(self, model: nn.Module, signature: CallSignature) -> None:
+        super().__init__()
+        self.model = model
+        self.signature = signature
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+def with_signature(model: nn.Module, signature: CallSignature | None) -> nn.Module:
+    """``model`` tagged with ``signature`` (``model`` itself when there is none)."""
+    return model if signature is None else Called(model, signature)
+
+
+def served_form(
+    model: nn.Module, output_key: str | None, input_names: Sequence[str] | None, example: Sequence[Any] = ()
+) -> nn.Module:
+    """What ships for ``model``: the part of its output every stage compares (``output_key``), called
+    like the float model (``input_names``: forward's arguments the data binds; ``example``: one batch)."""
+    return with_signature(with_output(model, output_key), call_signature(model, input_names, example))
+
+
+def split_signature(model: nn.Module) -> tuple[nn.Module, CallSignature | None]:
+    """The served model and its signature, from what ``with_signature`` made."""
+    if isinstance(model, Called):
+        return model.model, model.signature
+    return model, None
+
+
+_HEADER = "import torch\nfrom torch import Tensor\nfrom typing import Optional\n\n"
+
+
+def _exec_source(source: str, name: str) -> Callable[..., Any]:
+    """Compile generated ``source`` registered in ``linecache`` (inspect.getsource, hence torch.jit.script,
+    finds it) and return its function ``name``."""
+    filename = f"<quantstage-generated-{hashlib.sha256(source.encode()).hexdigest()[:16]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"__name__": __name__, "torch": torch, "Tensor": Tensor, "Optional": Optional}
+    exec(compile(source, filename, "exec"), namespace)
+    function: Callable[..., Any] = namespace[name]
+    return function
+
+
+def named_module(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """A module whose ``forward(self, <names>)`` calls ``model`` positionally: torch.export then records the
+    arguments by name (the package takes them as keywords)."""
+    params = ", ".join(names)
+    source = f"def forward(self, {params}):\n    return self.model({params})\n"
+    cls = type("NamedForward", (_Holder,), {"forward": _exec_source(source, "forward")})
+    module: nn.Module = cls(model)
+    return module
+
+
+class _Holder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+class _Keywords(nn.Module):
+    """``model`` called with ``names`` as keyword arguments, given positionally (what one variant traces)."""
+
+    def __init__(self, model: nn.Module, names: Pattern) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *args: Any) -> Any:
+        return self.model(**dict(zip(self.names, args)))
+
+
+class _Dispatch(nn.Module):
+    def __init__(self, variants: Sequence[torch.jit.ScriptModule]) -> None:
+        super().__init__()
+        for i, variant in enumerate(variants):
+            setattr(self, f"v{i}", variant)
+
+
+def _dispatch_source(names: Sequence[str], nullable: Sequence[str], variants: dict[Pattern, int]) -> str:
+    """``forward`` with ``names`` (those in ``nullable`` Optional = None) that calls variant ``v<i>`` for the
+    pattern of present arguments it was traced for, and raises for any other pattern."""
+    params = [f"{n}: Optional[Tensor] = None" if n in nullable else f"{n}: Tensor" for n in names]
+    supported = " or ".join("(" + ", ".join(p) + ")" for p in variants)
+    lines = [f"def forward(self, {', '.join(params)}) -> Tensor:"]
+
+    def branch(index: int, present: tuple[str, ...], indent: str) -> None:
+        if index == len(nullable):
+            pattern = tuple(n for n in names if n not in nullable or n in present)
+            if pattern in variants:
+                lines.append(f"{indent}return self.v{variants[pattern]}({', '.join(pattern)})")
+            else:
+                message = f"called with ({', '.join(pattern)}); this model takes one of: {supported}"
+                lines.append(f"{indent}raise RuntimeError({message!r})")
+            return
+        name = nullable[index]
+        lines.append(f"{indent}if {name} is not None:")
+        branch(index + 1, (*present, name), indent + "    ")
+        lines.append(f"{indent}else:")
+        branch(index + 1, present, indent + "    ")
+
+    branch(0, (), "    ")
+    return "\n".join(lines) + "\n"
+
+
+def _present(names: Sequence[str], pattern: Pattern, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a for n, a in zip(names, args) if n in pattern)
+
+
+@torch.no_grad()
+def check_patterns(
+    candidate: Callable[..., Any],
+    model: nn.Module,
+    names: Sequence[str],
+    patterns: Sequence[Pattern],
+    verify_inputs: Sequence[tuple[Any, ...]],
+    tolerance: float = 0.0,
+) -> float:
+    """The largest difference between ``candidate`` and ``model`` called with the keywords of every pattern
+    on every verification input; ArtifactError naming the pattern when one exceeds ``tolerance``."""
+    worst = 0.0
+    for pattern in patterns:
+        for inputs in verify_inputs:
+            kwargs = dict(zip(pattern, _present(names, pattern, inputs)))
+            diff = max_abs_diff(model(**kwargs), candidate(**kwargs))
+            if diff > tolerance:
+                raise ArtifactError(
+                    f"called with ({', '.join(pattern)}) the shipped form differs from the model by {diff:g} "
+                    f"(tolerance {tolerance:g})"
+                )
+            worst = max(worst, diff)
+    return worst
+
+
+def _variant(
+    model: nn.Module, names: Sequence[str], pattern: Pattern, verify_inputs: Sequence[tuple[Any, ...]], tolerance: float
+) -> tuple[torch.jit.ScriptModule, str]:
+    """TorchScript of ``model`` called with the arguments of ``pattern``, checked on the verification inputs."""
+    example = _present(names, pattern, verify_inputs[0])
+    if all(a is not None for a in verify_inputs[0]) and len(pattern) == len(names):
+        variant, method = to_torchscript(model, example)  # all present: scripted when it scripts
+    else:
+        with jit_quiet(), torch.no_grad():
+            traced = torch.jit.trace(_Keywords(model, pattern), example, check_trace=False)  # type: ignore[no-untyped-call]  # unannotated in torch
+        variant, method = traced, "trace"
+    with torch.no_grad():
+        for inputs in verify_inputs:
+            present = _present(names, pattern, inputs)
+            diff = max_abs_diff(model(**dict(zip(pattern, present))), variant(*present))
+            if diff > tolerance:
+                raise ArtifactError(f"it differs from the model by {diff:g} (tolerance {tolerance:g})")
+    return variant, method
+
+
+def named_torchscript(
+    model: nn.Module, signature: CallSignature, verify_inputs: Sequence[tuple[Any, ...]], tolerance: float = 0.0
+) -> tuple[torch.jit.ScriptModule, str, list[Pattern]]:
+    """The scripted wrapper (see the module docstring), how its all-present variant was made ("script" or
+    "trace"), and the presence patterns it serves. ArtifactError when not even the all-present pattern
+    can be made."""
+    model.eval()
+    names, used = signature.names, signature.used
+    variants: dict[Pattern, torch.jit.ScriptModule] = {}
+    method = "trace"
+    for pattern in signature.patterns():
+        try:
+            variant, how = _variant(model, names, pattern, verify_inputs, tolerance)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if len(pattern) == len(used):
+                raise ArtifactError(f"{type(model).__name__} cannot be made TorchScript ({reason})") from exc
+            absent = [n for n in names if n not in pattern]
+            logger.info("no variant without %s: %s (%s)", ", ".join(absent), type(exc).__name__, reason[:300])
+            continue
+        variants[pattern] = variant
+        method = how if len(pattern) == len(used) else method
+    leavable = [n for n in used if any(n not in p for p in variants)]
+    required = [n for n in signature.optional if n in used and n not in leavable]
+    if required:
+        logger.warning("shipped forward takes %s as required arguments (no variant leaves them out)", required)
+    first = min((used.index(n) for n in leavable), default=len(used))
+    nullable = used[first:]  # after the first optional argument every one defaults to None (Python syntax)
+    index = {pattern: i for i, pattern in enumerate(variants)}
+    source = _dispatch_source(used, nullable, index)
+    cls = type("NamedForward", (_Dispatch,), {"forward": _exec_source(source, "forward")})
+    with jit_quiet():
+        wrapper = torch.jit.script(cls(list(variants.values())))
+    logger.info(
+        "named forward(%s) with %d variant(s): %s",
+        ", ".join(used),
+        len(variants),
+        "; ".join("(" + ", ".join(p) + ")" for p in variants),
+    )
+    return wrapper.eval(), method, list(variants)
+
+
+def named_forms(
+    model: nn.Module, signature: CallSignature, verify_inputs: Sequence[tuple[Any, ...]], tolerance: float = 0.0
+) -> tuple[list[tuple[str, Callable[[], Any], bool]], Callable[[], list[Pattern]]]:
+    """``variants.torchscript_forms`` for a named forward: the in-memory model, the scripted wrapper, and the
+    wrapper frozen and optimized for inference, each checked on every pattern it serves; and a function
+    returning those patterns (once the wrapper is built)."""
+    cache: list[tuple[torch.jit.ScriptModule, list[Pattern]]] = []
+
+    def wrapper() -> tuple[torch.jit.ScriptModule, list[Pattern]]:
+        if not cache:
+            module, _, patterns = named_torchscript(model, signature, verify_inputs, tolerance)
+            cache.append((module, patterns))
+        return cache[0]
+
+    def checked(transform: Callable[[torch.jit.ScriptModule], Any]) -> Callable[[], Any]:
+        def build() -> Any:
+            module, patterns = wrapper()
+            with jit_quiet():
+                candidate = transform(module)
+            check_patterns(candidate, model, signature.names, patterns, verify_inputs, tolerance)
+            return candidate
+
+        return build
+
+    forms = [
+        ("fx_graph_module", lambda: signature.reference(model), False),
+        ("torchscript", lambda: wrapper()[0], True),
+        ("torchscript_frozen", checked(torch.jit.freeze), True),
+        ("torchscript_optimized", checked(torch.jit.optimize_for_inference), True),
+    ]
+    return forms, lambda: wrapper()[1]

@@ -1,0 +1,70 @@
+"""Modules that are a Linear in another shape, replaced by the ``nn.Linear`` they are before quantizing.
+
+GPT-2 style models project with ``transformers.pytorch_utils.Conv1D``: ``y = x @ W + b`` with
+``W`` of shape ``(in, out)`` and ``nf == out``, i.e. a Linear whose weight is stored transposed.
+No quantization engine knows the class, so the model would quantize nothing. ``with_linear_equivalents``
+returns a copy of the model where each such module is the equivalent ``nn.Linear`` (weight
+``W.T``), which every engine quantizes and coverage counts; the model given is not modified.
+Detection is by structure (class name ``Conv1D``, an int ``nf``, a 2-D ``weight`` of shape
+``(in, nf)``, a ``bias`` of shape ``(nf,)`` or None), so transformers is never imported.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["as_linear", "is_transposed_linear", "linear_equivalent_paths", "with_linear_equivalents"]
+
+_TRANSPOSED_LINEAR_NAMES = frozenset({"Conv1D"})  # transformers.pytorch_utils.Conv1D (GPT-2, GPT-J's ancestors)
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a Linear with a transposed weight (transformers' ``Conv1D``)."""
+    if type(module).__name__ not in _TRANSPOSED_LINEAR_NAMES or isinstance(module, nn.Linear):
+        return False
+    weight, bias, nf = getattr(module, "weight", None), getattr(module, "bias", None), getattr(module, "nf", None)
+    if not isinstance(nf, int) or not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != nf:
+        return False
+    return bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (nf,))
+
+
+def as_linear(module: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` equivalent to ``module`` (a transposed-weight Linear such as ``Conv1D``), or None."""
+    if not is_transposed_linear(module):
+        return None
+    weight = module.weight
+    bias = module.bias
+    assert isinstance(weight, torch.Tensor)  # checked by is_transposed_linear
+    linear = nn.Linear(
+        weight.shape[0], weight.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        linear.weight.copy_(weight.detach().t())
+        if isinstance(bias, torch.Tensor):
+            linear.bias.copy_(bias.detach())
+    linear.train(module.training)
+    return linear
+
+
+def linear_equivalent_paths(model: nn.Module) -> list[str]:
+    """Paths of the modules of ``model`` that ``with_linear_equivalents`` replaces."""
+    return [path for path, m in model.named_modules() if path and is_transposed_linear(m)]
+
+
+def with_linear_equivalents(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
+    """(``model``, ()) when it has no Linear-equivalent module, else (a copy with each one replaced
+    by its ``nn.Linear``, their paths). ``model`` is not modified."""
+    paths = linear_equivalent_paths(model)
+    if not paths:
+        return model, ()
+    work = copy.deepcopy(model)
+    for path in paths:
+        parent_path, _, name = path.rpartition(".")
+        parent = work.get_submodule(parent_path) if parent_path else work
+        linear = as_linear(work.get_submodule(path))
+        assert linear is not None  # the same structure as in ``model``
+        setattr(parent, name, linear)
+    return work, tuple(paths)
