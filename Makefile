@@ -61,15 +61,18 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" \
 		--cache-dir "$(CURDIR)/build/.mypy_cache" -p quantstage
 
-# Benchmarks (bench/): the bench extra adds ONNX Runtime as a peer; torch stays pinned.
+# Benchmarks (bench/): the bench extra adds ONNX Runtime and OpenVINO (NNCF) as peers; torch stays pinned.
+# RESULTS.md (bench.run), PEERS.md (bench.peers: the peers beside both engines), ZOO.md (bench.zoo: architectures).
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,hf]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.zoo
 
 stack: $(STAMP)  ## local Prefect server + worker + MLflow server + deployments; `deploy/stack.sh stop` stops it
 	deploy/stack.sh
