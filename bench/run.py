@@ -359,9 +359,11 @@ def peer_rows(
     return rows
 
 
-def versions() -> dict[str, str]:
+def versions(
+    packages: tuple[str, ...] = ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "scikit-learn"),
+) -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "scikit-learn"):
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from quantstage.quant.data.inputs import args_of, batch_len, head
 from quantstage.quant.data.outputs import with_output
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.errors import ArtifactError
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import BenchmarkReport, benchmark, benchmark_table, latency_chart
 from quantstage.quant.ship.aoti import load_shipped
@@ -57,7 +58,10 @@ def benchmark_model(
     float_model = with_output(float_model.eval(), dataset.output_key)
     if not isinstance(shipped, (str, Path)):
         shipped = with_output(shipped, dataset.output_key)
-    float_script, _ = to_torchscript(float_model, args_of(head(inputs, 1)))
+    try:  # the float model's size as TorchScript, as the int8 model ships (else as torch.save stores it)
+        float_script: torch.nn.Module | None = to_torchscript(float_model, args_of(head(inputs, 1)))[0]
+    except ArtifactError:
+        float_script = None
     info = machine_info()
     logger.info("benchmarking on %s (%s), engine %s", info["cpu_model"], info["isa_int8"], info["quantized_engine"])
     runs = [(b, t) for t in threads for b in batch_sizes][: 1 if headline_only else None]
@@ -76,7 +80,7 @@ def benchmark_model(
             num_threads=n_threads,
             max_cv=max_cv,
             budget_s=budget_s,
-            float_size_model=float_script,
+            float_size_model=float_script or float_model,
             quant_size_model=model,
         )
         logger.info(

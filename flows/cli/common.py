@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO, cast
 
 import yaml
 from pydantic import ValidationError
@@ -34,6 +35,26 @@ __all__ = [
     "threshold",
     "where_to_look",
 ]
+
+
+class _CurrentStderr(io.TextIOBase):
+    """``sys.stderr`` as it is at each write (not as it was when a handler was made)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+_CURRENT_STDERR = cast(TextIO, _CurrentStderr())  # a text stream in all that logging and rich use
 
 
 class _DropTracebacks(logging.Filter):
@@ -72,11 +93,12 @@ def quiet_prefect_tracebacks() -> None:
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
-                # this call's stderr: a stream bound by an earlier in-process call may be closed by now
-                # (a logging error there recurses through Prefect's print_as_log until RecursionError)
-                if handler.stream is not sys.stderr:  # not setStream: it flushes the old, maybe closed, one
-                    handler.stream = sys.stderr
-                    handler.console.file = sys.stderr  # what it prints through (rich)
+                # whatever sys.stderr is when a line is written: the stream bound when logging was set up
+                # may be closed by then (in-process calls under a captured stderr), and a logging error
+                # there recurses through Prefect's print_as_log until RecursionError
+                if not isinstance(handler.stream, _CurrentStderr):  # not setStream: it flushes the old one
+                    handler.stream = _CURRENT_STDERR
+                    handler.console.file = _CURRENT_STDERR  # what it prints through (rich)
                 if not any(isinstance(f, _DropTracebacks) for f in handler.filters):
                     handler.addFilter(_DropTracebacks())
 

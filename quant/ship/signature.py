@@ -75,14 +75,6 @@ class CallSignature:
         """The arguments the served model takes: every name but the unused ones."""
         return tuple(n for n in self.names if n not in self.unused)
 
-    def take(self, inputs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Positional inputs (one tuple per batch, in ``names`` order) as the served model takes them: ``used`` only."""
-        return [tuple(a for n, a in zip(self.names, args) if n not in self.unused) for args in inputs]
-
-    def reference(self, model: nn.Module) -> nn.Module:
-        """``model`` called as the served model is: the ``used`` arguments, positionally, passed by name."""
-        return _Keywords(model, self.used)
-
     def patterns(self) -> list[Pattern]:
         """Every presence pattern of the optional arguments, all present first."""
         leavable = [n for n in self.optional if n not in self.unused][-MAX_OPTIONAL:]
@@ -196,12 +188,20 @@ class _Dispatch(nn.Module):
             setattr(self, f"v{i}", variant)
 
 
-def _dispatch_source(names: Sequence[str], nullable: Sequence[str], variants: dict[Pattern, int]) -> str:
+def _dispatch_source(
+    names: Sequence[str], nullable: Sequence[str], variants: dict[Pattern, int], unused: Sequence[str] = ()
+) -> str:
     """``forward`` with ``names`` (those in ``nullable`` Optional = None) that calls variant ``v<i>`` for the
-    pattern of present arguments it was traced for, and raises for any other pattern."""
+    pattern of present arguments it was traced for, and raises for any other pattern. An ``unused``
+    argument (one the data never gave) is accepted as None only, so positional calls keep their places."""
     params = [f"{n}: Optional[Tensor] = None" if n in nullable else f"{n}: Tensor" for n in names]
     supported = " or ".join("(" + ", ".join(p) + ")" for p in variants)
     lines = [f"def forward(self, {', '.join(params)}) -> Tensor:"]
+    for n in unused:
+        message = f"{n} was not given when the model was converted, so this int8 model does not take it; leave it out"
+        lines += [f"    if {n} is not None:", f"        raise RuntimeError({message!r})"]
+    nullable = [n for n in nullable if n not in unused]
+    names = [n for n in names if n not in unused]
 
     def branch(index: int, present: tuple[str, ...], indent: str) -> None:
         if index == len(nullable):
@@ -297,10 +297,10 @@ def named_torchscript(
     required = [n for n in signature.optional if n in used and n not in leavable]
     if required:
         logger.warning("shipped forward takes %s as required arguments (no variant leaves them out)", required)
-    first = min((used.index(n) for n in leavable), default=len(used))
-    nullable = used[first:]  # after the first optional argument every one defaults to None (Python syntax)
+    first = min((names.index(n) for n in (*leavable, *signature.unused)), default=len(names))
+    nullable = names[first:]  # after the first optional argument every one defaults to None (Python syntax)
     index = {pattern: i for i, pattern in enumerate(variants)}
-    source = _dispatch_source(used, nullable, index)
+    source = _dispatch_source(names, nullable, index, signature.unused)
     cls = type("NamedForward", (_Dispatch,), {"forward": _exec_source(source, "forward")})
     with jit_quiet():
         wrapper = torch.jit.script(cls(list(variants.values())))
@@ -338,7 +338,7 @@ def named_forms(
         return build
 
     forms = [
-        ("fx_graph_module", lambda: signature.reference(model), False),
+        ("fx_graph_module", lambda: model, False),
         ("torchscript", lambda: wrapper()[0], True),
         ("torchscript_frozen", checked(torch.jit.freeze), True),
         ("torchscript_optimized", checked(torch.jit.optimize_for_inference), True),

@@ -90,7 +90,9 @@ def test_the_demo_runs_beside_colliding_user_modules(user_project: Path) -> None
     }
     env.pop("MLFLOW_TRACKING_URI", None)  # the embedded default: a store in the current folder
     out = subprocess.run(
-        [str(BIN / "quantstage"), "demo", "--epochs", "1"],
+        # the demo as users run it: a 1-epoch CNN loses 1.1 points in int8 on a VNNI CPU (8-bit activations),
+        # over the default gate, while the default 4 epochs lose none
+        [str(BIN / "quantstage"), "demo"],
         cwd=user_project,
         env=env,
         capture_output=True,

@@ -142,23 +142,21 @@ class FxEngine:
         budget_s: float | None = None,
     ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
         served, signature = split_signature(lowered)  # a signature: ship forward with the float model's names
-        reference, inputs = served, list(verify_inputs)
         if signature is not None:
             forms, patterns = named_forms(served, signature, verify_inputs, tolerance)
-            reference, inputs = signature.reference(served), signature.take(verify_inputs)
             try:
                 method, module, variants = select_variant(
-                    reference, inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
+                    served, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
                 )
             except ArtifactError as exc:  # not even with the names: positional TorchScript, as before
                 logger.warning("no named TorchScript forward (%s); shipping positional arguments", exc)
-                signature, reference, inputs = None, served, list(verify_inputs)
+                signature = None
         if signature is None:
             forms = torchscript_forms(served, verify_inputs[0])
             method, module, variants = select_variant(
                 served, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
             )
-        artifact = export_torchscript(module, path, inputs, reference=reference, tolerance=tolerance, method=method)
+        artifact = export_torchscript(module, path, verify_inputs, reference=served, tolerance=tolerance, method=method)
         if signature is not None:  # the saved file, loaded back, on every pattern it serves
             check_patterns(artifact.module, served, signature.names, patterns(), verify_inputs, tolerance)
         return artifact, variants
