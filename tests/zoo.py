@@ -220,7 +220,8 @@ _FAMILIES = [
                              num_layers=2, num_heads=4), "text", "dynamic", "embedding"),
     Family("bart-encoder", _bart_encoder, "text", "dynamic", "embedding"),
     # decoders
-    Family("gpt2", _hf("GPT2Model", "GPT2Config", vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64),
+    Family("gpt2", _hf("GPT2Model", "GPT2Config", vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                       bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1),
            "text", "dynamic", "embedding"),
     Family("gpt-neo", _hf("GPTNeoModel", "GPTNeoConfig", vocab_size=VOCAB, hidden_size=64, num_layers=2,
                           num_heads=4, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
