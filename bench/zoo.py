@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,18 @@ def _f(v: Any, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def _engine_line(engine: str, ok: list[dict[str, Any]]) -> str:
+    def median(key: str) -> str:
+        values = [r[key] for r in ok if r.get(key) is not None]
+        return f"{statistics.median(values):.2f}x" if values else "–"
+
+    slower = sorted({r["family"] for r in ok for k in ("speedup_b1", "speedup_b8") if r.get(k, 2.0) < 1.0})
+    return (
+        f"- {engine}: median speedup {median('speedup_b1')} at batch 1, {median('speedup_b8')} at batch 8; "
+        f"slower than fp32 somewhere: {', '.join(slower) or 'none'} (the default speed gate refuses a model slower at its headline batch)"
+    )
+
+
 def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     ok = [r for r in rows if r["converted"]]
     unexpected = [r for r in rows if r["unexpected"]]
@@ -101,6 +114,11 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         f"{machine.get('isa_int8') or 'none'}; torch {machine.get('torch_version', torch.__version__)}.",
         "",
         f"**{len(ok)} of {len(rows)} family × engine cases convert; {len(unexpected)} unexpected errors.**",
+        "",
+        *[
+            _engine_line(engine, [r for r in ok if r["engine"] == engine])
+            for engine in dict.fromkeys(r["engine"] for r in rows)
+        ],
         "",
         "| family | engine | mode | result | tracing | quantized | SQNR dB | cosine mean / min | speedup b1 | "
         "speedup b8 | int8 p50 b1 ms | conversion s | shipped as |",
@@ -131,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=["fx", "pt2e"])
     parser.add_argument("--families", nargs="+", default=list(zoo.FAMILIES))
     parser.add_argument("--out", default=str(HERE / "ZOO.md"))
+    parser.add_argument("--render", action="store_true", help="rewrite ZOO.md from zoo.json beside it, measure nothing")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        saved = json.loads((out.parent / "zoo.json").read_text())
+        out.write_text(render(saved["rows"], saved["machine"]))
+        return 0
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     rows = [row(family, engine) for engine in args.engines for family in args.families]
     info = machine_info()
-    out = Path(args.out)
     out.write_text(render(rows, info))
-    out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
+    (out.parent / "zoo.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
     print(f"wrote {out}")
     return 0
 
