@@ -40,7 +40,7 @@ from typing import NoReturn  # noqa: E402
 
 from quantstage.flows.cli.codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE_FAILED, EXIT_INTERRUPTED  # noqa: E402
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_GATE_FAILED", "EXIT_INTERRUPTED", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_GATE_FAILED", "EXIT_INTERRUPTED", "main", "run"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+
+
+def run() -> NoReturn:
+    """The ``quantstage`` command (console script, ``python -m quantstage.flows.cli``): ``main``, then exit.
+
+    After a Ctrl-C the process leaves without the interpreter's teardown (exit handlers still run):
+    a Ctrl-C inside ``import torch`` leaves extension modules half-initialised, and tearing those down
+    can crash (SIGSEGV) or re-raise the interrupt, turning exit 130 into 139 or -2."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        import atexit
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the exit handlers run
+        atexit._run_exitfuncs()  # Prefect's temporary server is stopped, logs are flushed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _interrupted() -> int:

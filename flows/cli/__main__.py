@@ -1,7 +1,5 @@
 """``python -m quantstage.flows.cli``: the ``quantstage`` command."""
 
-import sys
+from quantstage.flows.cli import run
 
-from quantstage.flows.cli import main
-
-sys.exit(main())
+run()
