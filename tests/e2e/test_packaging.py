@@ -56,7 +56,7 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path) -> None:
     ):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "quantstage = quantstage.flows.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "quantstage = quantstage.flows.cli:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 @pytest.fixture()
