@@ -17,22 +17,17 @@ from quantstage.flows.hooks import CLOSE_RUNS_ON_CANCEL, CLOSE_RUNS_ON_CRASH
 from quantstage.flows.params import StageParams
 from quantstage.flows.unit import UnitJob, convert_unit
 from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.digest import digest
 from quantstage.quant.errors import QuantStageError
 from quantstage.quant.report.markdown import set_verdict
+from quantstage.tasks.data_lineage import log_data_lineage
 from quantstage.tasks.load import load_data, load_model, source_identity
 from quantstage.tasks.preflight import check_tracking_store
 from quantstage.tasks.publish import PublishRequest, event_payload, publish
 from quantstage.tasks.record import lineage
 from quantstage.tasks.registry import find_version_by_key
 from quantstage.tasks.report import publish_report
-from quantstage.tasks.track import (
-    close_failed,
-    digest,
-    end_run,
-    log_data_lineage,
-    recover_orphaned_runs,
-    start_run,
-)
+from quantstage.tasks.runs import close_failed, end_run, recover_orphaned_runs, start_run
 
 __all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
 

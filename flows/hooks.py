@@ -12,7 +12,7 @@ from prefect import Flow
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import FlowStateHook
 
-from quantstage.tasks.track import close_runs_of
+from quantstage.tasks.runs import close_runs_of
 
 __all__ = ["CLOSE_RUNS_ON_CANCEL", "CLOSE_RUNS_ON_CRASH"]
 

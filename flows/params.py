@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from quantstage.quant.data.model_source import ModelSource
 from quantstage.quant.data.sources import DataSpec
+from quantstage.quant.digest import digest
 from quantstage.quant.measure.evaluate import EvaluationSpec
 from quantstage.quant.measure.gates import GatesConfig
 from quantstage.quant.search.fallback import FallbackConfig
-from quantstage.tasks.track import digest
 
 __all__ = ["MODEL_URI", "SourceParams", "StageParams", "check_alias", "check_registry_name"]
 

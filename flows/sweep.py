@@ -47,12 +47,14 @@ from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.errors import QuantStageError, SpecError
 from quantstage.quant.report.markdown import set_verdict
 from quantstage.quant.search.ranking import CandidateScore, Ranking, comparison_table, failure_summary, finalists, rank
+from quantstage.tasks.data_lineage import log_data_lineage
 from quantstage.tasks.load import load_data, load_model, source_identity
 from quantstage.tasks.preflight import check_tracking_store
 from quantstage.tasks.publish import PublishRequest, event_payload, publish
 from quantstage.tasks.record import lineage
 from quantstage.tasks.registry import find_version_by_key
 from quantstage.tasks.report import publish_report
+from quantstage.tasks.runs import close_failed, end_run, start_run
 from quantstage.tasks.sweep import (
     describe_error,
     log_sweep,
@@ -61,7 +63,6 @@ from quantstage.tasks.sweep import (
     start_candidate_runs,
     tracking_uri,
 )
-from quantstage.tasks.track import close_failed, end_run, log_data_lineage, start_run
 
 __all__ = [
     "FAIRNESS",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from quantstage.flows.params import StageParams
 from quantstage.flows.unit import UnitResult
 from quantstage.quant.config.spec import QuantSpec, first_error
-from quantstage.tasks.track import digest
+from quantstage.quant.digest import digest
 
 __all__ = ["FAIRNESS", "SweepParams", "SweepResult", "expand_grid"]
 

@@ -41,12 +41,13 @@ from quantstage.tasks.calibrate import calibrate
 from quantstage.tasks.export import export_model, export_reference
 from quantstage.tasks.fallback import fallback_search
 from quantstage.tasks.load import SourceModel, fetch_file, load_data, load_model
+from quantstage.tasks.log_model import log_conversion
 from quantstage.tasks.lower import lower
 from quantstage.tasks.record import conversion_record
 from quantstage.tasks.reference_convert import reference_convert
+from quantstage.tasks.runs import end_run, fail_run, log_metrics, use_tracking_uri
 from quantstage.tasks.sensitivity import analyze_sensitivity
 from quantstage.tasks.sweep import describe_error
-from quantstage.tasks.track import end_run, fail_run, log_conversion, log_metrics, use_tracking_uri
 from quantstage.tasks.validate import validate_accuracy
 
 __all__ = ["UnitJob", "UnitResult", "convert_candidate", "convert_unit"]

@@ -2,7 +2,7 @@
 
 ``conversion_record`` turns the results of one conversion unit into the run's params, metrics,
 documents, tables and files; ``conversion_metrics`` the metric set alone (gates and ranking
-read it); ``lineage`` the tags of a registry version. ``tasks.track`` logs a record,
+read it); ``lineage`` the tags of a registry version. ``tasks.log_model`` logs a record,
 ``tasks.publish`` registers with the lineage.
 """
 

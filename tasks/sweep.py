@@ -28,9 +28,10 @@ from quantstage.quant.search.ranking import CandidateScore, Ranking, tradeoff_ch
 from quantstage.quant.ship.aoti import AOTI_SUFFIX, load_aoti
 from quantstage.quant.ship.rebuild import rebuild
 from quantstage.tasks._common import IO_RETRIES, run_logger
+from quantstage.tasks.log_model import log_record
 from quantstage.tasks.record import ConversionRecord
 from quantstage.tasks.report import artifact_key
-from quantstage.tasks.track import experiment_id, log_record
+from quantstage.tasks.runs import experiment_id
 
 __all__ = [
     "describe_error",

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from quantstage.demo import DigitsCNN, train_classifier
 from quantstage.quant.data.sources import digits_split
 from quantstage.tasks._common import run_logger
-from quantstage.tasks.track import experiment_id, log_pytorch_model
+from quantstage.tasks.log_model import log_pytorch_model
+from quantstage.tasks.runs import experiment_id
 
 __all__ = ["train_digits"]
 

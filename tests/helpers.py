@@ -6,7 +6,7 @@ import mlflow
 import torch
 from torch import nn
 
-from quantstage.tasks.track import log_pytorch_model
+from quantstage.tasks.log_model import log_pytorch_model
 
 
 def register(model: nn.Module, name: str, example: torch.Tensor, alias: str = "champion") -> str:

@@ -18,7 +18,7 @@ NAME = "publish-race-int8"
 
 def _logged(accuracy: float) -> tuple[str, str]:
     """A run holding a logged model and its int8 accuracy: (run id, model URI)."""
-    from quantstage.tasks.track import log_pytorch_model
+    from quantstage.tasks.log_model import log_pytorch_model
 
     with mlflow.start_run(run_name=f"candidate {accuracy}") as run:
         mlflow.log_metric("int8_accuracy", accuracy)

@@ -152,7 +152,7 @@ def test_shipped_torchscript_takes_keywords_in_a_fresh_process(shipped_fx: tuple
 def test_mlflow_round_trip_takes_named_tensors_and_a_dict_of_arrays(shipped_fx: tuple, mlflow_store: str) -> None:
     import mlflow
 
-    from quantstage.tasks.track import log_pytorch_model
+    from quantstage.tasks.log_model import log_pytorch_model
 
     served, tokenizer, _, artifact = shipped_fx
     encoded = dict(tokenizer(TEXTS, return_tensors="pt", padding=True))
