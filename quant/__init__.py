@@ -29,7 +29,7 @@ from quantstage.quant.config import (
 )
 from quantstage.quant.data import Dataset, DataSpec, ModelSource, check_inputs_fit, load_data
 from quantstage.quant.engines import Engine, engine_for, get_engine
-from quantstage.quant.engines.fx import (
+from quantstage.quant.engines.fx.engine import (
     ReferenceModel,
     check_skips,
     convert,

@@ -12,11 +12,11 @@ __all__ = ["Engine", "Reference", "UnusedSkip", "engine_for", "get_engine"]
 def get_engine(name: str) -> Engine:
     """The engine called ``name`` (``fx`` or ``pt2e``)."""
     if name == "fx":
-        from quantstage.quant.engines.fx import FX_ENGINE
+        from quantstage.quant.engines.fx.engine import FX_ENGINE
 
         return FX_ENGINE
     if name == "pt2e":
-        from quantstage.quant.engines.pt2e import PT2E_ENGINE
+        from quantstage.quant.engines.pt2e.engine import PT2E_ENGINE
 
         return PT2E_ENGINE
     raise SpecError(f"engine {name!r} is unknown; allowed: fx, pt2e")

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantstage.quant.config.spec import QuantSpec
-from quantstage.quant.engines.fx import FX_ENGINE
 from quantstage.quant.engines.fx import _torch as _fx
+from quantstage.quant.engines.fx.engine import FX_ENGINE
 from quantstage.quant.errors import ConversionError, QuantStageError, TracingError, raised_by_quantstage
 from quantstage.quant.quantize import Quantized, prepare_model, quantize
 
