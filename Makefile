@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's ephemeral API gets 20 s to start by default, too little on a loaded 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install demo test test-fast test-zoo test-hf lint typecheck bench stack clean
+.PHONY: install demo test test-unit test-flows test-fast test-zoo test-hf lint typecheck bench stack clean
 
 install: $(STAMP)
 
@@ -23,14 +23,31 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/quantstage demo
 
-# Lint and types, then every test: unit, flow, real-server (stack, PostgreSQL) and Dask. What .ci/run runs.
+# The unit tests (no flow, no server) run on TEST_WORKERS pytest-xdist workers, a test file per worker at a
+# time (its module fixtures built once); the flow and real-server tests run in one process, as they share one
+# Prefect test harness, one MLflow store and one real stack per session (tests/conftest.py, tests/e2e/conftest.py).
+TEST_WORKERS ?= 2
+UNIT_TESTS := -m 'not flow and not stack'
+FLOW_TESTS := -m 'flow or stack'
+
+# Lint and types, then every test: unit (in parallel), then flow, real-server (stack, PostgreSQL) and Dask.
+# Both parts run, one after the other, even when the first fails; the target fails when either did.
+# What .ci/run runs.
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest
+	status=0; $(MAKE) --no-print-directory test-unit || status=$$?; \
+		$(MAKE) --no-print-directory test-flows || status=$$?; exit $$status
 
-# No servers, no flows: the library, the tasks' pure parts, the CLI's argument checks (seconds to ~2 minutes).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(UNIT_TESTS)
+
+test-flows: $(STAMP)
+	$(BIN)/python -m pytest $(FLOW_TESTS)
+
+# No servers, no flows: the library, the tasks' pure parts, the CLI's argument checks, in parallel (~1.5 minutes).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not flow and not stack' --deselect tests/quant/engines/fx/test_convert_parity.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(UNIT_TESTS) \
+		--deselect tests/quant/engines/fx/test_convert_parity.py
 
 # The whole architecture matrix (tests/zoo.py: transformers' families and torchvision-style CNNs) on both
 # engines; `make test` runs a fast subset of it.

@@ -25,7 +25,7 @@ import torch
 
 from bench.models import bert_encoder, resnet18
 from bench.run import images, interleaved, log, token_ids
-from quantstage.quant import QuantSpec, quantize
+from quantstage.quant import FxSpec, QuantSpec, quantize
 from quantstage.quant.engines import get_engine
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import threads
@@ -57,7 +57,7 @@ def convert(
     engine = get_engine(spec.engine)
     verify = [(x,) for x in held_out] + [(held_out[0][:1],)]
     started = time.perf_counter()
-    artifact, _ = engine.ship(quantized.model, work / f"{name}_{spec.engine}" / "model_int8.pt", verify)
+    artifact = engine.ship(quantized.model, work / f"{name}_{spec.engine}", verify)
     ship_s = time.perf_counter() - started
     module = artifact.module
     with torch.no_grad():
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             case(
                 "ResNet-18 static x86",
                 resnet18(seed=0),
-                QuantSpec(),
+                FxSpec(),
                 images(4, 8, seed=0),
                 images(2, 8, seed=1000),
                 rn_iters,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             case(
                 "encoder dynamic",
                 bert_encoder(seed=0),
-                QuantSpec(mode="dynamic"),
+                FxSpec(mode="dynamic"),
                 token_ids(1, 8, seed=0),
                 token_ids(2, 8, seed=1),
                 enc_iters,

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.measure.benchmark import benchmark, serialized_size
 from quantstage.quant.measure.evaluate import sqnr_db
 from quantstage.quant.quantize import quantize
@@ -53,7 +53,7 @@ def main() -> int:
     mask[:, 100:] = 0
     example = (ids, mask)
     t = time.perf_counter()
-    result = quantize(model, QuantSpec(mode="dynamic"), example_inputs=example)
+    result = quantize(model, FxSpec(mode="dynamic"), example_inputs=example)
     convert_s = time.perf_counter() - t
     with torch.no_grad():
         sqnr = sqnr_db(model(*example), result.model(*example))

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.run import interleaved, ort_session
-from quantstage.quant import QuantSpec, quantize
+from quantstage.quant import FxSpec, quantize
 from quantstage.quant.data.outputs import with_output
+from quantstage.quant.engines.fx.variants import select_variant
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import LatencyStats, serialized_size
-from quantstage.quant.ship.variants import select_variant
 from tests import minilm
 
 HERE = Path(__file__).resolve().parent
@@ -102,7 +102,7 @@ def main() -> int:
     calibration = [tuple(b[n] for n in NAMES) for b in minilm.calibration()]
     evaluation = minilm.evaluation()
     started = time.perf_counter()
-    quantized = quantize(float_model, QuantSpec(mode="dynamic"), calibration, timing_repeats=3)
+    quantized = quantize(float_model, FxSpec(mode="dynamic"), calibration, timing_repeats=3)
     quantize_s = time.perf_counter() - started
     served = with_output(quantized.model, "last_hidden_state")
     float_served = with_output(float_model, "last_hidden_state")

@@ -209,26 +209,26 @@ def fp32_eager(case: Case) -> Contestant:
 
 
 def quantstage(case: Case, engine: str, work: Path) -> Contestant:
-    from quantstage.quant import QuantSpec, quantize
+    from quantstage.quant import parse_spec, quantize
     from quantstage.quant.data.outputs import with_output
     from quantstage.quant.engines import get_engine
 
     name = f"quantstage {engine.upper()}"
     started = time.perf_counter()
     source = case.raw_model or case.model
-    quantized = quantize(source, QuantSpec(mode=case.mode, engine=engine), list(case.calib))
+    quantized = quantize(source, parse_spec({"mode": case.mode, "engine": engine}), list(case.calib))
     quantize_s = time.perf_counter() - started
     served = with_output(quantized.model, case.output_key)
     verify = [case.held_out[0], tuple(t[:1] for t in case.held_out[0]), case.timing[max(case.timing)]]
     t = time.perf_counter()
-    artifact, _ = get_engine(engine).ship(served, work / f"{case.key}_{engine}" / "model_int8.pt", verify, budget_s=10)
+    artifact = get_engine(engine).ship(served, work / f"{case.key}_{engine}", verify, budget_s=10)
     ship_s = time.perf_counter() - t
     module = artifact.module
     path = Path(artifact.path)
 
     def timed(n: int, b: int) -> Callable[..., Any]:
         if engine == "fx":  # a fresh load of the shipped file per cell (TorchScript re-specializes per shape)
-            from quantstage.quant.ship.torchscript import jit_quiet
+            from quantstage.quant.ship.jit import jit_quiet
 
             with jit_quiet():
                 return torch.jit.load(str(path)).eval()

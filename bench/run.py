@@ -36,17 +36,17 @@ from bench.models import bert_encoder, resnet18
 from bench.pt2e import pt2e_available, pt2e_int8
 from quantstage.demo import DigitsCNN, train_classifier
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import DataSpec, digits_split, load_data
+from quantstage.quant.engines import FxSpec, QuantSpec, parse_spec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx.convert import convert, lower, reference_convert
 from quantstage.quant.engines.fx.prepare import prepare
+from quantstage.quant.engines.fx.variants import select_variant
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import LatencyStats, benchmark, serialized_size, threads
 from quantstage.quant.measure.evaluate import sqnr_db
 from quantstage.quant.quantize import quantize
-from quantstage.quant.ship.torchscript import jit_quiet
-from quantstage.quant.ship.variants import select_variant
+from quantstage.quant.ship.jit import jit_quiet
 
 HERE = Path(__file__).resolve().parent
 SEQ = 128
@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "resnet": ({1: 5, 8: 2} if quick else {1: 100, 8: 10}),
         "encoder": ({1: 5, 8: 2} if quick else {1: 100, 8: 20}),
     }
-    x86 = QuantSpec(backend="x86", mode="static")
-    dyn = QuantSpec(backend="x86", mode="dynamic")
+    x86 = FxSpec(backend="x86", mode="static")
+    dyn = FxSpec(backend="x86", mode="dynamic")
     results: dict[str, Any] = {
         "mode": "quick" if quick else "full",
         "command": " ".join(
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
         for act in ("histogram", "minmax", "moving_average"):
-            spec = QuantSpec(
+            spec = FxSpec(
                 backend="x86",
                 mode="static",
                 qconfig_mapping={"preset": "static", "observers": {"activation": act, "weight": "per_channel"}},
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for label, fields in extras.items():
             try:
-                q = quantize(rn, QuantSpec.model_validate({"backend": "x86", "mode": "static", **fields}), calib).model
+                q = quantize(rn, parse_spec({"backend": "x86", "mode": "static", **fields}), calib).model
                 acc[label] = sqnr_db(ref, torch.cat([q(x) for x in held_out]))
                 if "output layer" in label:
                     q_ts = torch.jit.freeze(torch.jit.script(q).eval())

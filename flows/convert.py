@@ -1,33 +1,24 @@
 """convert_flow: a float model → a verified int8 model, logged, registered and promoted.
 
-Orchestration only: the idempotency check, one conversion unit (``flows.unit``: every stage
-task from calibrate to logging), the publish step (``tasks.publish``: register → compare →
-promote → event under the registry lock), the final report.
+Orchestration only: one run lifecycle (``tasks.run.ConversionRun``: the idempotency key, orphaned
+runs closed, a registered version skipped or its promotion resumed, the MLflow run opened and always
+closed, the publication and the report) around one conversion unit (``flows.unit``: every stage task
+from calibrate_model to log_conversion).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, runtime
-from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field, model_validator
 
 from quantstage.flows.hooks import CLOSE_RUNS_ON_CANCEL, CLOSE_RUNS_ON_CRASH
 from quantstage.flows.params import StageParams
-from quantstage.flows.unit import UnitJob, convert_unit
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.flows.unit import UnitJob, UnitResult, convert_unit
 from quantstage.quant.digest import digest
+from quantstage.quant.engines import CheckedSpec, QuantSpec, default_spec, parse_spec
 from quantstage.quant.errors import QuantStageError
-from quantstage.quant.report.markdown import set_verdict
-from quantstage.tasks.data_lineage import log_data_lineage
-from quantstage.tasks.load import load_data, load_model, source_identity
-from quantstage.tasks.preflight import check_tracking_store
-from quantstage.tasks.publish import PublishRequest, event_payload, publish
-from quantstage.tasks.record import lineage
-from quantstage.tasks.registry import find_version_by_key
-from quantstage.tasks.report import publish_report
-from quantstage.tasks.runs import close_failed, end_run, recover_orphaned_runs, start_run
+from quantstage.tasks.publish import Publication
+from quantstage.tasks.run import ConversionRun, Settled
 
 __all__ = ["ConvertParams", "ConvertResult", "GateFailure", "convert_flow"]
 
@@ -39,7 +30,7 @@ class GateFailure(QuantStageError):
 class ConvertParams(StageParams):
     """Parameters of one conversion."""
 
-    spec: QuantSpec = Field(default_factory=QuantSpec, description="How to quantize.")
+    spec: CheckedSpec = Field(default_factory=default_spec, description="How to quantize.")
     qat_checkpoint: str | None = Field(
         None,
         description="A model trained with prepare_qat_fx elsewhere: path or MLflow artifact URI of a "
@@ -90,81 +81,50 @@ def _run_name() -> str:
     params = runtime.flow_run.parameters.get("params")
     if isinstance(params, ConvertParams):
         return f"convert {params.source_label} {_spec_label(params.spec)}"
-    spec = QuantSpec.model_validate((params or {}).get("spec", {}))
+    spec = parse_spec((params or {}).get("spec", {}))
     return f"convert {ConvertParams.raw_source_label(params)} {_spec_label(spec)}"
 
 
-def _skipped(params: ConvertParams, existing: dict[str, Any], key: str, why: str) -> ConvertResult:
-    reason = (
-        f"{why}: {params.target_name} version {existing['version']} has idempotency key {key[:12]}… "
-        f"(gates_passed={existing['tags'].get('gates_passed')}); pass force=True to convert again"
-    )
-    print(f"skipped: {reason}")
+def _settled(params: ConvertParams, settled: Settled) -> ConvertResult:
+    """The result of a conversion the registry already held: skipped, or its promotion resumed."""
     return ConvertResult(
-        run_id=existing["run_id"],
-        model_uri=existing["source"],
+        run_id=settled.run_id,
+        model_uri=settled.model_uri,
         registered_name=params.target_name,
-        version=existing["version"],
-        promoted=False,
-        metrics=existing["metrics"],
+        version=settled.version,
+        promoted=settled.promoted,
+        metrics=settled.metrics,
         gates=[],
-        skipped=True,
-        idempotency_key=key,
-        reason=reason,
+        skipped=settled.skipped,
+        idempotency_key=settled.key,
+        reason=settled.reason,
     )
 
 
-def _request(
-    params: ConvertParams,
-    model_uri: str,
-    run_id: str,
-    tags: dict[str, str],
-    passed: bool,
-    metrics: dict[str, float],
-    description: str,
-) -> PublishRequest:
-    """What publishing one conversion's model asks for (the alias, the comparison, the event)."""
-    event = event_payload(
-        metrics,
-        source_uri=params.source_label,
-        source_version=tags.get("source_version", ""),
-        mlflow_run_id=run_id,
-        flow_run_id=tags.get("flow_run_id", ""),
+def _converted(params: ConvertParams, run: ConversionRun, unit: UnitResult, published: Publication) -> ConvertResult:
+    """The verdict: GateFailure when a gate failed (registered, alias not moved), else the result."""
+    name = params.target_name
+    if not unit.passed:
+        raise GateFailure(
+            f"{name} version {published.version} failed its gates ({unit.failure}); it is registered but "
+            f"models:/{name}@{params.alias} was not moved"
+        )
+    print(
+        f"models:/{name}@{params.alias} -> version {published.version}: {published.reason}"
+        if published.promoted
+        else f"not promoted: {published.reason}"
     )
-    return PublishRequest(
-        name=params.target_name,
-        model_uri=model_uri,
-        run_id=run_id,
-        lineage=tags,
-        passed=passed,
-        metrics=metrics,
-        description=description,
-        alias=params.alias,
-        promote_if=params.promote_if,
-        eval_digest=params.eval_digest(),
-        force=params.force,
-        event=event,
-    )
-
-
-def _resume(params: ConvertParams, existing: dict[str, Any], key: str) -> ConvertResult:
-    """A version registered by a conversion stopped before its promotion was decided: decide it now."""
-    tags, run_id = existing["tags"], existing["run_id"]
-    passed = tags.get("gates_passed") == "true"
-    published = publish(_request(params, existing["source"], run_id, tags, passed, existing["metrics"], ""))
-    end_run(run_id, "FINISHED" if passed else "FAILED", {"quantstage.resumed_by": str(runtime.flow_run.id)})
-    reason = f"resumed the publication of version {existing['version']} (its conversion stopped after registering it): {published.reason}"
-    print(reason)
     return ConvertResult(
-        run_id=run_id,
-        model_uri=existing["source"],
-        registered_name=params.target_name,
-        version=existing["version"],
+        run_id=unit.run_id,
+        model_uri=unit.model_uri or "",
+        registered_name=name,
+        version=published.version or "",
         promoted=published.promoted,
-        metrics=existing["metrics"],
-        gates=[],
-        idempotency_key=key,
-        reason=reason,
+        metrics=unit.metrics,
+        gates=unit.gates,
+        float_layers=unit.float_layers,
+        idempotency_key=run.key,
+        reason=published.reason,
     )
 
 
@@ -177,83 +137,21 @@ def _resume(params: ConvertParams, existing: dict[str, Any], key: str) -> Conver
 )
 def convert_flow(params: ConvertParams) -> ConvertResult:
     """Convert a float model to int8, validate, benchmark, log, register and promote."""
-    name, flow_run_id = params.target_name, str(runtime.flow_run.id)
-    check_tracking_store()  # seconds, one line, before anything is loaded
-    key = params.idempotency_key(source_identity(params.source))
-    recover_orphaned_runs(params.experiment, key)
-    if not params.force and (existing := find_version_by_key(name, key)):
-        if "promoted" not in existing["tags"]:  # registered, promotion never decided: finish that conversion
-            return _resume(params, existing, key)
-        return _skipped(params, existing, key, "already converted")
-    source = load_model(params.source)
-    if (loaded_key := params.idempotency_key(source.identity)) != key:
-        print(f"{params.source_label} changed while loading (now {source.identity}); idempotency key recomputed")
-        key = loaded_key
-    dataset = load_data(params.data, source.model, params.output)
-    run_id = start_run(
-        params.experiment,
-        f"{name} from {params.source_label}",
-        {
-            "quantstage.source_uri": params.source_label,
-            "quantstage.flow_run_id": flow_run_id,
-            "quantstage.idempotency_key": key,
-        },
-    )
-    try:
-        log_data_lineage(run_id, dataset, params.data)
-        job = UnitJob.of(
-            params,
-            params.spec,
-            run_id,
+    run = ConversionRun(params, "convert")
+    if (settled := run.settle()) is not None:  # converted before (or stopped after registering: resumed)
+        return _settled(params, settled)
+    source, dataset = run.load()
+    with run.opened(f"{params.target_name} from {params.source_label}") as run_id:
+        job = UnitJob(
+            spec=params.spec,
+            stages=params.stage_params(),
             qat_checkpoint=params.qat_checkpoint,
+            run_id=run_id,
             documents={"params.json": params.model_dump_json(indent=2)},
         )
         unit = convert_unit(job, source, dataset)
-        assert unit.model_uri is not None  # a unit that returns has logged its model
-        tags = lineage(
-            source_label=params.source_label,
-            source_name=source.name,
-            source_version=source.version,
-            source_run_id=source.run_id,
-            spec=unit.spec,
-            passed=unit.passed,
-            run_id=run_id,
-            flow_run_id=flow_run_id,
-            idempotency_key=key,
-            eval_digest=params.eval_digest(),
-            promote_if=params.promote_if,
-            flow_run_url=runtime.flow_run.ui_url if PREFECT_UI_URL.value() else None,
-        )
         described = f"int8 ({unit.spec.backend}, {unit.spec.mode}) of {params.source_label} (version {source.version})"
-        published = publish(_request(params, unit.model_uri, run_id, tags, unit.passed, unit.metrics, described))
-        if published.duplicate_of is not None and (existing := find_version_by_key(name, key)):
-            end_run(run_id, "FINISHED", {"quantstage.duplicate_of": f"{name}/{published.duplicate_of}"})
-            return _skipped(params, existing, key, "registered meanwhile by another run")  # a concurrent run won
-        alias = params.alias if published.promoted else None
-        publish_report(set_verdict(unit.report, unit.passed, alias, published.reason), name, run_id)
-        if not unit.passed:
-            raise GateFailure(
-                f"{name} version {published.version} failed its gates ({unit.failure}); it is registered but "
-                f"models:/{name}@{params.alias} was not moved"
-            )
-        print(
-            f"models:/{name}@{params.alias} -> version {published.version}: {published.reason}"
-            if published.promoted
-            else f"not promoted: {published.reason}"
-        )
-    except BaseException as exc:
-        close_failed(run_id, exc)  # never raises: the error raised stays the original one
-        raise
-    end_run(run_id, "FINISHED")
-    return ConvertResult(
-        run_id=run_id,
-        model_uri=unit.model_uri,
-        registered_name=name,
-        version=published.version or "",
-        promoted=published.promoted,
-        metrics=unit.metrics,
-        gates=unit.gates,
-        float_layers=unit.float_layers,
-        idempotency_key=key,
-        reason=published.reason,
-    )
+        published = run.publish(unit.winner(described))
+        if isinstance(published, Settled):  # registered meanwhile by a concurrent run of the same key
+            return _settled(params, published)
+        return _converted(params, run, unit, published)

@@ -213,6 +213,12 @@ class StageParams(SourceParams):
     def _one_or_many(cls, value: Any) -> Any:
         return (value,) if isinstance(value, int) else value
 
+    def stage_params(self, **overrides: Any) -> StageParams:
+        """These parameters as a plain ``StageParams`` (what a conversion unit reads, without the flow's
+        own fields: spec, candidates...), with ``overrides`` (e.g. a sweep's screening iterations)."""
+        values = {name: getattr(self, name) for name in StageParams.model_fields}
+        return StageParams.model_validate(values | overrides)
+
     def eval_key(self) -> dict[str, Any]:
         """What a conversion's verdict depends on besides the source and the spec: data, evaluation, gates, fallback."""
         return {

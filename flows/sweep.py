@@ -26,35 +26,34 @@ Fairness: latencies measured beside other candidates are not comparable, so unit
 latency (``screening_iterations``); the ``finalists`` fastest passing candidates are then
 re-benchmarked here one at a time (``benchmark_iterations``) and ranked on those numbers
 (``quant.search.ranking``). The winner is published like a single conversion; a candidate that
-raised never wins; when none passes every gate nothing is registered (``SweepFailure``).
+raised never wins; when none passes every gate nothing is registered (``SweepFailure``). The run
+lifecycle is a single conversion's (``tasks.run.ConversionRun``): the same key skips, orphaned
+runs are closed, a winner registered by a sweep that stopped is promoted by the next.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, runtime
 from prefect.futures import wait
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from quantstage.flows.hooks import CLOSE_RUNS_ON_CANCEL, CLOSE_RUNS_ON_CRASH
 from quantstage.flows.sweep_params import FAIRNESS, SweepParams, SweepResult, expand_grid
 from quantstage.flows.unit import UnitJob, UnitResult, convert_candidate
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import QuantSpec
 from quantstage.quant.errors import QuantStageError, SpecError
-from quantstage.quant.report.markdown import set_verdict
+from quantstage.quant.report.markdown import sweep_pending
 from quantstage.quant.search.ranking import CandidateScore, Ranking, comparison_table, failure_summary, finalists, rank
-from quantstage.tasks.data_lineage import log_data_lineage
-from quantstage.tasks.load import load_data, load_model, source_identity
-from quantstage.tasks.preflight import check_tracking_store
-from quantstage.tasks.publish import PublishRequest, event_payload, publish
-from quantstage.tasks.record import lineage
-from quantstage.tasks.registry import find_version_by_key
-from quantstage.tasks.report import publish_report
-from quantstage.tasks.runs import close_failed, end_run, start_run
+from quantstage.tasks.load import SourceModel
+from quantstage.tasks.publish import Publication
+from quantstage.tasks.run import ConversionRun, Settled
+from quantstage.tasks.runs import end_run
 from quantstage.tasks.sweep import (
     describe_error,
     log_sweep,
@@ -140,6 +139,8 @@ def evaluate_candidates(jobs: list[UnitJob]) -> list[UnitResult]:
     wait(futures)
     results = [_outcome(future, job) for future, job in zip(futures, jobs)]
     failed = [r for r in results if r.error]
+    for r in failed:  # the unit of work marks its run FAILED; this covers a worker that died
+        end_run(r.run_id, "FAILED", {"quantstage.error": r.error[:5000] if r.error else ""})
     print(
         f"{len(results) - len(failed)} of {len(results)} candidates ran to the end"
         + "".join(f"\n  #{r.index} {r.name}: {r.error}" for r in failed)
@@ -156,18 +157,17 @@ def _run_name() -> str:
 
 def _jobs(params: SweepParams, specs: list[tuple[str, QuantSpec]], run_ids: list[str], parent: str) -> list[UnitJob]:
     """One conversion unit per candidate: screening benchmark, one thread, beside the others."""
+    stages = params.stage_params(benchmark_iterations=params.screening_iterations, benchmark_max_cv=None)
     return [
-        UnitJob.of(
-            params,
-            spec,
-            run_id,
+        UnitJob(
             index=i,
             name=name,
+            spec=spec,
+            stages=stages,
+            run_id=run_id,
             parallel=True,
             tracking_uri=tracking_uri(),
-            benchmark_iterations=params.screening_iterations,
-            benchmark_max_cv=None,
-            promotion=f"promotion decided by the sweep's ranking (parent run {parent})",
+            promotion=sweep_pending(parent),
             extra_params={"candidate.index": str(i), "candidate.name": name[:500]},
         )
         for i, ((name, spec), run_id) in enumerate(zip(specs, run_ids))
@@ -212,6 +212,110 @@ def _sweep_metrics(scores: list[CandidateScore], winner: UnitResult | None) -> d
     }
 
 
+class _Ranked(NamedTuple):
+    """The candidates' outcomes, their quiet re-benchmark and the ranking."""
+
+    results: list[UnitResult]
+    sequential: dict[int, dict[str, float]]
+    ranking: Ranking
+    table: dict[str, list[Any]]
+
+    @property
+    def winner(self) -> UnitResult | None:
+        return self.results[self.ranking.winner.index] if self.ranking.winner else None
+
+
+def _rank(
+    params: SweepParams, results: list[UnitResult], source: SourceModel, dataset: Dataset, parent: str
+) -> _Ranked:
+    """Fairness: the finalists again, one at a time, alone (the speed gate is judged there, not in
+    parallel); rank on those numbers; log the comparison to the parent run and as a Prefect table."""
+    remeasured = {
+        i: rebenchmark_candidate(
+            i,
+            results[i].run_id,
+            results[i].model_uri or "",
+            results[i].spec,
+            source.model,
+            dataset,
+            iterations=params.benchmark_iterations,
+            max_cv=params.benchmark_max_cv,
+            min_speedup=params.gates.for_task(params.evaluation.task).min_speedup,
+        )
+        for i in finalists([r.score() for r in results], params.finalists)
+    }
+    sequential = {i: metrics for i, (metrics, _) in remeasured.items()}
+    scores = [r.score(*remeasured.get(r.index, ({}, []))) for r in results]
+    ranking = rank(scores, params.policy, tolerance=params.pareto_tolerance)
+    ranked = _Ranked(results, sequential, ranking, _comparison(results, scores, ranking, sequential))
+    reason, summary = ranked.ranking.reason, failure_summary(scores)
+    print(f"ranking ({params.policy}, {FAIRNESS}): {reason}\n{summary}")
+    log_sweep(
+        parent,
+        params=_sweep_params(params, len(results), source.version),
+        metrics=_sweep_metrics(scores, ranked.winner),
+        table=ranked.table,
+        scores=scores,
+        ranking=ranked.ranking,
+        documents={
+            "sweep/params.json": params.model_dump_json(indent=2),
+            "sweep/ranking.txt": f"{reason}\n\n{summary}\n",
+        },
+    )
+    target = params.target_name
+    publish_sweep_table(ranked.table, target, f"sweep of {len(results)} candidates for {target}: {reason}")
+    if ranked.winner is None or ranked.winner.model_uri is None:
+        raise SweepFailure(
+            f"no candidate of the sweep passed every gate, so nothing was registered and "
+            f"models:/{target}@{params.alias} was not moved:\n{summary}"
+        )
+    return ranked
+
+
+def _settled(params: SweepParams, settled: Settled, parent: str = "", ranked: _Ranked | None = None) -> SweepResult:
+    """The result of a sweep the registry already held: skipped, resumed, or registered meanwhile."""
+    return SweepResult(
+        parent_run_id=parent or settled.tags.get("sweep_run_id", ""),
+        registered_name=params.target_name,
+        version=settled.version,
+        promoted=settled.promoted,
+        winner=settled.candidate,
+        winner_run_id=settled.run_id or None,
+        policy=params.policy,
+        reason=settled.reason,
+        skipped=settled.skipped,
+        idempotency_key=settled.key,
+        candidates=ranked.results if ranked else [],
+        table=ranked.table if ranked else {},
+    )
+
+
+def _swept(params: SweepParams, run: ConversionRun, ranked: _Ranked, published: Publication) -> SweepResult:
+    winner = ranked.winner
+    assert winner is not None
+    print(
+        f"version {published.version} (candidate #{winner.index}): "
+        + (f"models:/{params.target_name}@{params.alias}" if published.promoted else "not promoted")
+        + f" ({published.reason})"
+    )
+    return SweepResult(
+        parent_run_id=run.run_id,
+        registered_name=params.target_name,
+        version=published.version,
+        promoted=published.promoted,
+        winner=winner.index,
+        winner_run_id=winner.run_id,
+        policy=params.policy,
+        reason=ranked.ranking.reason,
+        order=list(ranked.ranking.order),
+        front=list(ranked.ranking.front),
+        candidates=ranked.results,
+        sequential=ranked.sequential,
+        table=ranked.table,
+        idempotency_key=run.key,
+    )
+
+
 @flow(
     name="sweep",
     flow_run_name=_run_name,
@@ -224,174 +328,24 @@ def sweep_flow(params: SweepParams) -> SweepResult:
     promote only the winner; publish the comparison table."""
     runner = build_task_runner(params)  # fails fast when the runner's package is missing
     specs = params.candidate_specs()
-    target, flow_run_id = params.target_name, str(runtime.flow_run.id)
-    check_tracking_store()  # seconds, one line, before anything is loaded
-    key = params.idempotency_key(source_identity(params.source))
-    if not params.force and (existing := find_version_by_key(target, key)):
-        reason = (
-            f"already swept: {target} version {existing['version']} is the winner of a sweep with idempotency key "
-            f"{key[:12]}… (candidate {existing['tags'].get('sweep_candidate')}); pass force=True to sweep again"
-        )
-        print(f"skipped: {reason}")
-        return SweepResult(
-            parent_run_id=existing["tags"].get("sweep_run_id", ""),
-            registered_name=target,
-            version=existing["version"],
-            winner_run_id=existing["run_id"],
-            policy=params.policy,
-            reason=reason,
-            skipped=True,
-            idempotency_key=key,
-        )
-    source = load_model(params.source)  # the float model the finalists are re-benchmarked against, here
-    dataset = load_data(params.data, source.model, params.output)
-    parent = start_run(
-        params.experiment,
-        f"sweep {target} from {params.source_label} ({len(specs)} candidates)",
-        {
-            "quantstage.source_uri": params.source_label,
-            "quantstage.flow_run_id": flow_run_id,
-            "quantstage.sweep": "true",
-            "quantstage.fairness": FAIRNESS,
-        },
-    )
-    try:
-        log_data_lineage(parent, dataset, params.data)
+    run = ConversionRun(params, "sweep")
+    if (settled := run.settle()) is not None:  # swept before (or stopped after registering: resumed)
+        return _settled(params, settled)
+    source, dataset = run.load()  # the float model the finalists are re-benchmarked against, here
+    name = f"sweep {params.target_name} from {params.source_label} ({len(specs)} candidates)"
+    with run.opened(name, {"quantstage.sweep": "true", "quantstage.fairness": FAIRNESS}) as parent:
+        names = [label for label, _ in specs]
         run_ids = start_candidate_runs(
-            parent, params.experiment, [name for name, _ in specs], {"quantstage.sweep_run_id": parent}
+            parent, params.experiment, names, run.tags() | {"quantstage.sweep_run_id": parent}
         )
         with _api_for_workers(params):
             results = evaluate_candidates.with_options(task_runner=runner)(_jobs(params, specs, run_ids, parent))
-        for r in results:
-            if r.error:  # the unit of work marks its run FAILED; this covers a worker that died
-                end_run(r.run_id, "FAILED", {"quantstage.error": r.error[:5000]})
-        # fairness: the finalists again, one at a time, alone; the speed gate is judged there, not in parallel
-        remeasured = {
-            i: rebenchmark_candidate(
-                i,
-                results[i].run_id,
-                results[i].model_uri or "",
-                results[i].shipped_as,
-                source.model,
-                dataset,
-                iterations=params.benchmark_iterations,
-                max_cv=params.benchmark_max_cv,
-                min_speedup=params.gates.for_task(params.evaluation.task).min_speedup,
-            )
-            for i in finalists([r.score() for r in results], params.finalists)
-        }
-        sequential = {i: metrics for i, (metrics, _) in remeasured.items()}
-        scores = [r.score(*remeasured.get(r.index, ({}, []))) for r in results]
-        ranking = rank(scores, params.policy, tolerance=params.pareto_tolerance)
-        table = _comparison(results, scores, ranking, sequential)
-        winner = results[ranking.winner.index] if ranking.winner else None
-        print(f"ranking ({params.policy}, {FAIRNESS}): {ranking.reason}\n{failure_summary(scores)}")
-        log_sweep(
-            parent,
-            params=_sweep_params(params, len(results), source.version),
-            metrics=_sweep_metrics(scores, winner),
-            table=table,
-            scores=scores,
-            ranking=ranking,
-            documents={
-                "sweep/params.json": params.model_dump_json(indent=2),
-                "sweep/ranking.txt": f"{ranking.reason}\n\n{failure_summary(scores)}\n",
-            },
-        )
-        publish_sweep_table(table, target, f"sweep of {len(results)} candidates for {target}: {ranking.reason}")
-        if winner is None or winner.model_uri is None:
-            raise SweepFailure(
-                f"no candidate of the sweep passed every gate, so nothing was registered and "
-                f"models:/{target}@{params.alias} was not moved:\n{failure_summary(scores)}"
-            )
-        tags = lineage(
-            source_label=params.source_label,
-            source_name=source.name,
-            source_version=source.version,
-            source_run_id=source.run_id,
-            spec=winner.spec,
-            passed=True,
-            run_id=winner.run_id,
-            flow_run_id=flow_run_id,
-            idempotency_key=key,
-            eval_digest=params.eval_digest(),
-            promote_if=params.promote_if,
-            flow_run_url=runtime.flow_run.ui_url if PREFECT_UI_URL.value() else None,
-            extra={
-                "sweep_run_id": parent,
-                "sweep_candidate": str(winner.index),
-                "sweep_policy": params.policy,
-                "fairness": FAIRNESS,
-            },
-        )
-        published = publish(
-            PublishRequest(
-                name=target,
-                model_uri=winner.model_uri,
-                run_id=winner.run_id,
-                lineage=tags,
-                passed=True,
-                metrics=winner.metrics,
-                alias=params.alias,
-                promote_if=params.promote_if,
-                eval_digest=params.eval_digest(),
-                description=f"sweep winner #{winner.index} ({winner.name}) of {params.source_label} (version {source.version})",
-                force=params.force,
-                event=event_payload(
-                    winner.metrics,
-                    source_uri=params.source_label,
-                    source_version=source.version or "",
-                    mlflow_run_id=winner.run_id,
-                    flow_run_id=flow_run_id,
-                ),
-            )
-        )
-        if published.duplicate_of is not None:  # a concurrent sweep with the same key registered its winner first
-            end_run(parent, "FINISHED", {"quantstage.duplicate_of": f"{target}/{published.duplicate_of}"})
-            return SweepResult(
-                parent_run_id=parent,
-                registered_name=target,
-                version=published.duplicate_of,
-                policy=params.policy,
-                reason=f"registered meanwhile by another sweep with idempotency key {key[:12]}…",
-                skipped=True,
-                idempotency_key=key,
-                candidates=results,
-                table=table,
-            )
-        alias = params.alias if published.promoted else None
-        publish_report(set_verdict(winner.report, True, alias, published.reason), target, winner.run_id)
-        print(
-            f"version {published.version} (candidate #{winner.index}): "
-            + (f"models:/{target}@{params.alias}" if published.promoted else "not promoted")
-            + f" ({published.reason})"
-        )
-        end_run(
-            winner.run_id,
-            "FINISHED",
-            {"quantstage.winner": "true", "quantstage.registered_version": published.version or ""},
-        )
-    except BaseException as exc:
-        close_failed(parent, exc)  # never raises: the error raised stays the original one
-        raise
-    end_run(
-        parent,
-        "FINISHED",
-        {"quantstage.winner": str(winner.index), "quantstage.registered_version": published.version or ""},
-    )
-    return SweepResult(
-        parent_run_id=parent,
-        registered_name=target,
-        version=published.version,
-        promoted=published.promoted,
-        winner=winner.index,
-        winner_run_id=winner.run_id,
-        policy=params.policy,
-        reason=ranking.reason,
-        order=list(ranking.order),
-        front=list(ranking.front),
-        candidates=results,
-        sequential=sequential,
-        table=table,
-        idempotency_key=key,
-    )
+        ranked = _rank(params, results, source, dataset, parent)
+        winner = ranked.winner
+        assert winner is not None  # _rank raised SweepFailure otherwise
+        described = f"sweep winner #{winner.index} ({winner.name}) of {params.source_label} (version {source.version})"
+        sweep_tags = {"sweep_run_id": parent, "sweep_candidate": str(winner.index), "sweep_policy": params.policy}
+        published = run.publish(winner.winner(described, sweep_tags | {"fairness": FAIRNESS}, candidate=winner.index))
+        if isinstance(published, Settled):  # a concurrent sweep with the same key registered its winner first
+            return _settled(params, published, parent, ranked)
+        return _swept(params, run, ranked, published)

@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from quantstage.flows.params import StageParams
 from quantstage.flows.unit import UnitResult
-from quantstage.quant.config.spec import QuantSpec, first_error
+from quantstage.quant.config.spec import first_error
 from quantstage.quant.digest import digest
+from quantstage.quant.engines import DEFAULT_ENGINE, REGISTRY, CheckedSpec, QuantSpec, default_spec, parse_spec
 
 __all__ = ["FAIRNESS", "SweepParams", "SweepResult", "expand_grid"]
 
@@ -33,6 +34,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _label(spec: QuantSpec) -> str:
     """What a spec sets apart from the defaults, e.g. ``backend="qnnpack", mode="dynamic"``."""
     changed = _flatten(spec.model_dump(mode="json", exclude_defaults=True))
+    if changed.get("engine") == DEFAULT_ENGINE:  # dumped whatever its default: shown only when not the default
+        del changed["engine"]
     text = ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()) or "default spec"
     return text if len(text) <= 120 else text[:117] + "..."
 
@@ -48,24 +51,32 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def _check_fields(base: QuantSpec, grid: Mapping[str, Sequence[Any]]) -> None:
+    """Every grid field is a field of each engine the candidates use (unknown engines: their validation says)."""
+    engines = {str(e) for e in grid["engine"]} if "engine" in grid else {base.engine}
+    for engine in sorted(e for e in engines if e in REGISTRY):
+        fields = REGISTRY[engine].spec.model_fields
+        for key in grid:
+            if key.split(".")[0] not in fields:
+                raise ValueError(
+                    f"grid field {key!r} is not a QuantSpec field of engine {engine!r}; use a dotted path from "
+                    f"{sorted(fields)}, e.g. 'backend' or 'qconfig_mapping.observers.reduce_range'"
+                )
+
+
 def expand_grid(base: QuantSpec, grid: Mapping[str, Sequence[Any]]) -> list[tuple[str, dict[str, Any]]]:
     """Every combination of ``grid`` (dotted spec field → values) applied to ``base``, as
     ``(label, raw spec)`` pairs in product order (the last field varies fastest); unvalidated."""
     for key, values in grid.items():
-        top = key.split(".")[0]
-        if top not in QuantSpec.model_fields:
-            raise ValueError(
-                f"grid field {key!r} is not a QuantSpec field; use a dotted path from {sorted(QuantSpec.model_fields)}, "
-                f"e.g. 'backend' or 'qconfig_mapping.observers.reduce_range'"
-            )
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"grid field {key!r} needs a non-empty list of values, got {values!r}")
+    _check_fields(base, grid)
     keys = list(grid)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = [s if short.count(s) == 1 else k for s, k in zip(short, keys)]
     combos = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        raw = base.model_dump(mode="json")
+        raw = base.model_dump(mode="json", exclude_defaults=True)  # what another engine's spec can take too
         for key, value in zip(keys, values):
             _set_path(raw, key, value)
         combos.append((", ".join(f"{n}={json.dumps(v)}" for n, v in zip(names, values)), raw))
@@ -83,7 +94,7 @@ class SweepParams(StageParams):
         description="Dotted QuantSpec field -> values; every combination applied to base_spec is a candidate, "
         "e.g. {'backend': ['x86', 'qnnpack'], 'qconfig_mapping.observers.reduce_range': [true, false]}.",
     )
-    base_spec: QuantSpec = Field(default_factory=QuantSpec, description="The spec the grid varies.")
+    base_spec: CheckedSpec = Field(default_factory=default_spec, description="The spec the grid varies.")
     policy: Literal["fastest_passing", "pareto"] = Field(
         "fastest_passing",
         description="fastest_passing: lowest re-measured p50 among the passing candidates (ties: smaller accuracy "
@@ -117,7 +128,7 @@ class SweepParams(StageParams):
         specs = []
         for i, raw in enumerate(value):
             try:
-                specs.append(raw if isinstance(raw, QuantSpec) else QuantSpec.model_validate(raw))
+                specs.append(parse_spec(raw, check=True))
             except ValidationError as exc:
                 raise ValueError(f"candidate {i}: {first_error(exc)}") from None
         return tuple(specs)
@@ -160,7 +171,7 @@ class SweepParams(StageParams):
         if self.grid:
             for offset, (label, raw) in enumerate(expand_grid(self.base_spec, self.grid)):
                 try:
-                    out.append((label, QuantSpec.model_validate(raw)))
+                    out.append((label, parse_spec(raw, check=True)))
                 except ValidationError as exc:
                     raise ValueError(
                         f"candidate {len(self.candidates) + offset} (grid {label}): {first_error(exc)}"

@@ -2,17 +2,20 @@
 MLflow run out. Both flows compose it: ``convert_flow`` runs one, ``sweep_flow`` one per
 candidate (``convert_candidate``, a task that can run on any worker).
 
-The unit is the chain of stage tasks — calibrate → reference_convert → lower → validate →
-(sensitivity) → (fallback) → export → benchmark → log — so a sweep candidate gets everything a
-single conversion gets: coverage, sensitivity when asked, the fallback, the rebuild bundle when
-no TorchScript form reproduces the model, the reference model, the report. It takes and returns
-only small serialisable values (``UnitJob``, ``UnitResult``: numbers, verdicts, run ids, URIs);
-models travel as the artifacts it logged. Registration is not part of it: the flows publish
-the unit (or the sweep's winner) with ``tasks.publish``.
+The unit is the chain of stage tasks — calibrate_model → convert_reference → lower_model →
+validate_accuracy → (analyze_sensitivity) → (search_float_layers) → export_model → benchmark_model →
+log_conversion — so a sweep candidate gets everything a single conversion gets: coverage, sensitivity
+when asked, the fallback, the rebuild bundle when no TorchScript form reproduces the model, the
+reference model, the report. It takes and returns only small serialisable values (``UnitJob``,
+``UnitResult``: numbers, verdicts, run ids, URIs); models travel as the artifacts it logged.
+Registration is not part of it: the flows publish the unit (or the sweep's winner) through
+``tasks.run``. Units running as threads of one process say so (``in_parallel``); each stage task
+declares what it needs of the process gate itself (``tasks._gate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -26,25 +29,28 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantstage.flows.params import StageParams
-from quantstage.quant.config.spec import QuantSpec
-from quantstage.quant.data.model_source import ModelSource
-from quantstage.quant.data.sources import Dataset, DataSpec
-from quantstage.quant.measure.evaluate import EvaluationSpec
+from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import QuantSpec
+from quantstage.quant.engines.base import ShippedFile
+from quantstage.quant.measure.benchmark import BenchmarkReport
+from quantstage.quant.measure.evaluate import AccuracyReport
 from quantstage.quant.measure.gates import GateResult, GatesConfig, check_gates
 from quantstage.quant.measure.sensitivity import LayerSensitivity
-from quantstage.quant.report.markdown import render_report
-from quantstage.quant.search.fallback import FallbackConfig, FallbackResult
+from quantstage.quant.quantize import Quantized
+from quantstage.quant.report.markdown import PENDING_PROMOTION, render_report
+from quantstage.quant.search.fallback import FallbackResult
 from quantstage.quant.search.ranking import CandidateScore
-from quantstage.tasks._gate import GATE, NO_GATE
+from quantstage.tasks._gate import in_parallel
 from quantstage.tasks.benchmark import benchmark_model
-from quantstage.tasks.calibrate import calibrate
-from quantstage.tasks.export import export_model, export_reference
-from quantstage.tasks.fallback import fallback_search
-from quantstage.tasks.load import SourceModel, fetch_file, load_data, load_model
+from quantstage.tasks.calibrate import calibrate_model
+from quantstage.tasks.export import Shipped, export_model, export_reference
+from quantstage.tasks.fallback import search_float_layers
+from quantstage.tasks.load import SourceModel, fetch_file, load_dataset, load_model
 from quantstage.tasks.log_model import log_conversion
-from quantstage.tasks.lower import lower
-from quantstage.tasks.record import conversion_record
-from quantstage.tasks.reference_convert import reference_convert
+from quantstage.tasks.lower import lower_model
+from quantstage.tasks.record import ConversionRecord, conversion_record
+from quantstage.tasks.reference_convert import convert_reference
+from quantstage.tasks.run import Winner
 from quantstage.tasks.runs import end_run, fail_run, log_metrics, use_tracking_uri
 from quantstage.tasks.sensitivity import analyze_sensitivity
 from quantstage.tasks.sweep import describe_error
@@ -61,56 +67,27 @@ class UnitJob(BaseModel):
     index: int = Field(0, description="Position of the candidate in a sweep (0 for a single conversion).")
     name: str = Field("", description="Short label: what the candidate changes.")
     spec: QuantSpec
-    source: ModelSource = Field(description="Float source model; a worker loads it itself.")
-    source_label: str
-    data: DataSpec
-    evaluation: EvaluationSpec
-    gates: GatesConfig = Field(description="The gates, already adapted to the evaluation task.")
-    fallback: FallbackConfig
-    sensitivity: bool
-    sensitivity_batches: int
+    stages: StageParams = Field(
+        description="Source, data, evaluation, gates, fallback, sensitivity, benchmark and export settings: the "
+        "flow's parameters as StageParams (a worker loads the source itself)."
+    )
     qat_checkpoint: str | None = None
-    output: str | None = Field(None, description="The part of forward's output to compare (SourceParams.output).")
-    benchmark_iterations: int
-    benchmark_threads: tuple[int, ...] = (1,)
-    benchmark_batch_sizes: tuple[int, ...] | None = None
-    benchmark_max_cv: float | None = 0.25
-    benchmark_budget_s: float | None = 10.0
-    export_budget_s: float | None = 10.0
-    ship_tolerance: float = 0.0
     run_id: str = Field(description="The unit's MLflow run (created by the flow).")
-    target_name: str = Field(description="Registry name of the result (the report's and the charts' title).")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI a worker must use (None: this process's).")
     parallel: bool = Field(False, description="Runs beside other units in one process: process gate, one thread.")
-    promotion: str = Field("promotion decided at registration", description="The report's verdict until then.")
+    promotion: str = Field(PENDING_PROMOTION, description="The report's verdict until the promotion is decided.")
     extra_params: dict[str, str] = Field(default_factory=dict, description="More MLflow params (candidate index...).")
     documents: dict[str, str] = Field(default_factory=dict, description="More text artifacts (the flow's params...).")
 
-    @classmethod
-    def of(cls, params: StageParams, spec: QuantSpec, run_id: str, **fields: Any) -> UnitJob:
-        """The job of ``params`` for ``spec`` logging to ``run_id`` (``fields`` override)."""
-        values: dict[str, Any] = dict(
-            spec=spec,
-            source=params.source,
-            source_label=params.source_label,
-            data=params.data,
-            output=params.output,
-            evaluation=params.evaluation,
-            gates=params.gates.for_task(params.evaluation.task),
-            fallback=params.fallback,
-            sensitivity=params.sensitivity,
-            sensitivity_batches=params.sensitivity_batches,
-            benchmark_iterations=params.benchmark_iterations,
-            benchmark_threads=params.benchmark_threads,
-            benchmark_batch_sizes=params.benchmark_batch_sizes,
-            benchmark_max_cv=params.benchmark_max_cv,
-            benchmark_budget_s=params.benchmark_budget_s,
-            export_budget_s=params.export_budget_s,
-            ship_tolerance=params.ship_tolerance,
-            run_id=run_id,
-            target_name=params.target_name,
-        )
-        return cls(**(values | fields))
+    @property
+    def gates(self) -> GatesConfig:
+        """The gates, adapted to the evaluation task."""
+        return self.stages.gates.for_task(self.stages.evaluation.task)
+
+    @property
+    def target_name(self) -> str:
+        """Registry name of the result (the report's and the charts' title)."""
+        return self.stages.target_name
 
 
 class UnitResult(BaseModel):
@@ -138,6 +115,21 @@ class UnitResult(BaseModel):
     @classmethod
     def failed(cls, job: UnitJob, error: str) -> UnitResult:
         return cls(index=job.index, name=job.name, run_id=job.run_id, spec=job.spec, error=error)
+
+    def winner(self, description: str, extra: Mapping[str, str] | None = None, candidate: int | None = None) -> Winner:
+        """What publishing this unit's model needs (``candidate``: its index when a sweep's winner)."""
+        assert self.model_uri is not None, "only a unit that logged its model can be published"
+        return Winner(
+            run_id=self.run_id,
+            model_uri=self.model_uri,
+            spec=self.spec,
+            passed=self.passed,
+            metrics=self.metrics,
+            report=self.report,
+            description=description,
+            extra_lineage=dict(extra or {}),
+            candidate=candidate,
+        )
 
     def score(
         self, sequential: Mapping[str, float] | None = None, sequential_gates: Sequence[GateResult] = ()
@@ -170,6 +162,33 @@ class _Clock:
         self._last = now
 
 
+@dataclasses.dataclass
+class _Work:
+    """One unit's work so far: its inputs and what each stage produced."""
+
+    job: UnitJob
+    source: SourceModel
+    dataset: Dataset
+    work_dir: str
+    clock: _Clock
+    quantized: Quantized
+    accuracy: AccuracyReport
+    layers: list[LayerSensitivity] = dataclasses.field(default_factory=list)
+    chart: str | None = None
+    fallback: FallbackResult | None = None
+
+
+@dataclasses.dataclass
+class _Measured:
+    """What shipping and benchmarking produced."""
+
+    shipped: Shipped
+    reference: ShippedFile | None
+    benchmarks: list[BenchmarkReport]
+    machine: dict[str, Any]
+    latency_png: str | None
+
+
 def _failure(gates: list[Any], fallback: FallbackResult | None) -> str:
     message = "; ".join(g.reason for g in gates if not g.passed)
     if fallback is not None and fallback.chosen is None and fallback.best is not None:
@@ -181,132 +200,147 @@ def _failure(gates: list[Any], fallback: FallbackResult | None) -> str:
     return message
 
 
-def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Dataset | None = None) -> UnitResult:
-    """Run the stages of one conversion and log them to ``job.run_id`` (see the module docstring)."""
-    gate, backend, clock = (GATE if job.parallel else NO_GATE), job.spec.backend, _Clock()
-    with gate.shared(backend):  # loading the data runs the model once
-        source = source or load_model(job.source)
-        dataset = dataset or load_data(job.data, source.model, job.output)
-    qat = fetch_file(job.qat_checkpoint) if job.qat_checkpoint else None
-    clock.lap("load_s")
-    with gate.exclusive(backend):  # tracing patches Module.__call__ process-wide
-        prepared = calibrate(source.model, dataset, job.spec, qat)
-    with gate.shared(backend):
-        quantized = lower(reference_convert(prepared))
+def _quantize(
+    source: SourceModel,
+    dataset: Dataset,
+    spec: QuantSpec,
+    job: UnitJob,
+    qat: str | None = None,
+    clock: _Clock | None = None,
+) -> tuple[Quantized, AccuracyReport]:
+    """calibrate → reference → lower → validate: the quantized model and its accuracy."""
+    quantized = lower_model(convert_reference(calibrate_model(source.model, dataset, spec, qat)))
+    if clock is not None:
         clock.lap("convert_s")
-        accuracy = validate_accuracy(source.model, quantized.model, dataset, job.evaluation)
-    clock.lap("validate_s")
-    accuracy_ok = all(g.passed for g in check_gates(job.gates.accuracy_only(), accuracy))
-    search = job.fallback.enabled and not accuracy_ok and quantized.prepared is not None and qat is None
-    with tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
-        layers: list[LayerSensitivity] = []
-        chart: str | None = None
-        fallback: FallbackResult | None = None
-        if job.sensitivity or search:  # the fallback ranks layers by sensitivity
-            with gate.exclusive(backend):  # the numeric suite traces too
-                layers, chart = analyze_sensitivity(
-                    quantized, dataset, work_dir, job.target_name, job.sensitivity_batches
-                )
-            clock.lap("sensitivity_s")
-        if search and layers:
-            with gate.exclusive(backend):
-                fallback, chosen = fallback_search(
-                    job.run_id,
-                    source.model,
-                    dataset,
-                    quantized.spec,
-                    job.gates,
-                    [layer.name for layer in layers],
-                    job.fallback,
-                    job.evaluation,
-                )
-                if chosen is not None:
-                    quantized = lower(reference_convert(calibrate(source.model, dataset, chosen)))
-                    accuracy = validate_accuracy(source.model, quantized.model, dataset, job.evaluation)
-            clock.lap("fallback_s")
-        with gate.shared(backend):
-            shipped = export_model(quantized, dataset, work_dir, job.source, job.ship_tolerance, job.export_budget_s)
-            reference = export_reference(quantized, dataset, work_dir)
-            clock.lap("export_s")
-            benchmarks, machine, latency_png = benchmark_model(
-                source.model,
-                str(shipped.artifact.path) if shipped.artifact else quantized.model,
-                dataset,
-                batch_sizes=job.benchmark_batch_sizes,
-                threads=job.benchmark_threads,
-                iterations=job.benchmark_iterations,
-                max_cv=job.benchmark_max_cv,
-                budget_s=job.benchmark_budget_s,
-                out_dir=work_dir,
-                name=job.target_name,
-                headline_only=job.parallel,
-            )
-            clock.lap("benchmark_s")
-        spec = quantized.spec
-        # beside other candidates the timing is a screen: a sweep judges speed on the quiet re-benchmark
-        judged = job.gates.screening() if job.parallel else job.gates
-        gates = check_gates(judged, accuracy, benchmarks[0], quantized.coverage)
-        report = render_report(
-            source_uri=job.source_label,
-            spec=spec,
-            accuracy=accuracy,
-            benchmarks=benchmarks,
-            gates=gates,
-            registered=job.target_name,
-            promotion=job.promotion,
-            sensitivity=layers,
-            fallback=fallback,
-            coverage=quantized.coverage,
-            variants=shipped.variants,
-            machine=machine,
-            shipped_as=None
-            if shipped.bundle is None
-            else (
-                "No TorchScript form (script, trace, frozen) reproduces this model, so it ships as the factory "
-                f"`{job.source.factory}`, the spec and the quantized state_dict (`model/artifacts/bundle/`, "
-                "verified bit-exact by rebuilding). Load it with `mlflow.pyfunc.load_model(uri)` or "
-                "`quantstage.quant.rebuild(folder)`; the factory must be importable there."
-            ),
-        )
-        files = {path: folder for path, folder in ((latency_png, "benchmark"), (chart, "sensitivity")) if path}
-        if reference is not None:
-            files[str(reference.path)] = "reference"
-        record = conversion_record(
-            spec=spec,
-            quantized=quantized,
-            accuracy=accuracy,
-            benchmarks=benchmarks,
-            gates=gates,
-            dataset=dataset,
-            data=job.data,
-            source_label=job.source_label,
-            source_version=source.version,
-            shipped_as=shipped.method,
-            report=report,
-            variants=shipped.variants,
-            sensitivity=layers,
-            machine=machine,
-            files=files,
-            extra_params={"fallback.enabled": str(job.fallback.enabled), **job.extra_params},
-            extra_metrics={f"candidate.{k}": v for k, v in clock.seconds.items()} if job.parallel else None,
-            documents=job.documents,
-        )
-        with gate.shared(backend):  # logging runs the shipped model once (its signature): no FX trace beside it
-            model_uri = log_conversion(
-                job.run_id,
-                record,
-                shipped=shipped.artifact,
-                bundle=shipped.bundle,
-                example=dataset.example_inputs,
-                input_names=dataset.input_names,
-            )
-    clock.lap("log_s")
+    return quantized, validate_accuracy(source.model, quantized.model, dataset, job.stages.evaluation)
+
+
+def _search(work: _Work, qat: str | None) -> None:
+    """Sensitivity when asked, or when the fallback needs its ranking; the fallback when the accuracy gates fail."""
+    job, stages = work.job, work.job.stages
+    accuracy_ok = all(g.passed for g in check_gates(job.gates.accuracy_only(), work.accuracy))
+    search = stages.fallback.enabled and not accuracy_ok and work.quantized.prepared is not None and qat is None
+    if not (stages.sensitivity or search):
+        return
+    work.layers, work.chart = analyze_sensitivity(
+        work.quantized, work.dataset, work.work_dir, job.target_name, stages.sensitivity_batches
+    )
+    work.clock.lap("sensitivity_s")
+    if not (search and work.layers):
+        return
+    work.fallback, chosen = search_float_layers(
+        job.run_id,
+        work.source.model,
+        work.dataset,
+        work.quantized.spec,
+        job.gates,
+        [layer.name for layer in work.layers],
+        stages.fallback,
+        stages.evaluation,
+    )
+    if chosen is not None:
+        work.quantized, work.accuracy = _quantize(work.source, work.dataset, chosen, job)
+    work.clock.lap("fallback_s")
+
+
+def _ship(work: _Work) -> _Measured:
+    """The deployable form and the reference model, exported and benchmarked against the float model."""
+    job, stages, quantized, dataset = work.job, work.job.stages, work.quantized, work.dataset
+    shipped = export_model(
+        quantized, dataset, work.work_dir, stages.source, stages.ship_tolerance, stages.export_budget_s
+    )
+    reference = export_reference(quantized, dataset, work.work_dir)
+    work.clock.lap("export_s")
+    benchmarks, machine, latency_png = benchmark_model(
+        work.source.model,
+        shipped.load,
+        dataset,
+        batch_sizes=stages.benchmark_batch_sizes,
+        threads=stages.benchmark_threads,
+        iterations=stages.benchmark_iterations,
+        max_cv=stages.benchmark_max_cv,
+        budget_s=stages.benchmark_budget_s,
+        out_dir=work.work_dir,
+        name=job.target_name,
+        headline_only=job.parallel,
+    )
+    work.clock.lap("benchmark_s")
+    return _Measured(shipped, reference, benchmarks, machine, latency_png)
+
+
+def _judge(work: _Work, measured: _Measured) -> tuple[list[GateResult], str]:
+    """The gates (beside other candidates the timing is a screen: a sweep judges speed on the quiet
+    re-benchmark) and the report, its verdict pending the promotion."""
+    job, quantized, shipped = work.job, work.quantized, measured.shipped
+    judged = job.gates.screening() if job.parallel else job.gates
+    gates = check_gates(judged, work.accuracy, measured.benchmarks[0], quantized.coverage)
+    report = render_report(
+        source_uri=job.stages.source_label,
+        spec=quantized.spec,
+        accuracy=work.accuracy,
+        benchmarks=measured.benchmarks,
+        gates=gates,
+        registered=job.target_name,
+        promotion=job.promotion,
+        sensitivity=work.layers,
+        fallback=work.fallback,
+        coverage=quantized.coverage,
+        variants=shipped.variants,
+        machine=measured.machine,
+        shipped_as=shipped.note or None,
+    )
+    return gates, report
+
+
+def _record(work: _Work, measured: _Measured, gates: list[GateResult], report: str) -> ConversionRecord:
+    """Everything the unit's run gets besides the model."""
+    job, shipped = work.job, measured.shipped
+    files = {
+        path: folder for path, folder in ((measured.latency_png, "benchmark"), (work.chart, "sensitivity")) if path
+    }
+    if measured.reference is not None:
+        files[str(measured.reference.path)] = "reference"
+    return conversion_record(
+        spec=work.quantized.spec,
+        quantized=work.quantized,
+        accuracy=work.accuracy,
+        benchmarks=measured.benchmarks,
+        gates=gates,
+        dataset=work.dataset,
+        data=job.stages.data,
+        source_label=job.stages.source_label,
+        source_version=work.source.version,
+        shipped_as=shipped.method,
+        report=report,
+        variants=shipped.variants,
+        sensitivity=work.layers,
+        machine=measured.machine,
+        files=files,
+        extra_params={"fallback.enabled": str(job.stages.fallback.enabled), **job.extra_params},
+        extra_metrics={f"candidate.{k}": v for k, v in work.clock.seconds.items()} if job.parallel else None,
+        documents=job.documents,
+    )
+
+
+def _log(work: _Work, measured: _Measured) -> UnitResult:
+    """Judge, report, log the run and its model; what the unit returns."""
+    job, shipped, fallback = work.job, measured.shipped, work.fallback
+    gates, report = _judge(work, measured)
+    record = _record(work, measured, gates, report)
+    model_uri = log_conversion(
+        job.run_id,
+        record,
+        form=shipped.form,
+        example=work.dataset.example_inputs,
+        input_names=work.dataset.input_names,
+    )
+    work.clock.lap("log_s")
     passed = all(g.passed for g in gates)
     return UnitResult(
         index=job.index,
         name=job.name,
         run_id=job.run_id,
-        spec=spec,
+        spec=work.quantized.spec,
         metrics=record.metrics,
         gates=[g.as_dict() for g in gates],
         passed=passed,
@@ -315,11 +349,26 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
         float_layers=list(fallback.chosen.float_layers) if fallback and fallback.chosen else [],
         report=report,
         failure="" if passed else _failure(gates, fallback),
-        source_name=source.name,
-        source_version=source.version,
-        source_run_id=source.run_id,
-        seconds=clock.seconds,
+        source_name=work.source.name,
+        source_version=work.source.version,
+        source_run_id=work.source.run_id,
+        seconds=work.clock.seconds,
     )
+
+
+def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Dataset | None = None) -> UnitResult:
+    """Run the stages of one conversion and log them to ``job.run_id`` (see the module docstring)."""
+    clock, stages = _Clock(), job.stages
+    with in_parallel(job.spec.backend, job.parallel), tempfile.TemporaryDirectory(prefix="quantstage-") as work_dir:
+        source = source or load_model(stages.source)
+        dataset = dataset or load_dataset(stages.data, source.model, stages.output)
+        qat = fetch_file(job.qat_checkpoint) if job.qat_checkpoint else None
+        clock.lap("load_s")
+        quantized, accuracy = _quantize(source, dataset, job.spec, job, qat, clock)
+        clock.lap("validate_s")
+        work = _Work(job, source, dataset, work_dir, clock, quantized, accuracy)
+        _search(work, qat)
+        return _log(work, _ship(work))
 
 
 @task(name="convert_candidate", task_run_name="candidate-{job.index}", cache_policy=NO_CACHE)

@@ -12,35 +12,30 @@ are the FX engine's ``convert_fx`` drop-in, decomposed. Subpackages:
 - ``tracing``: models that do not trace as a whole, quantized by submodules;
 - ``data``: model and data sources, batches of inputs;
 - ``measure``: evaluation, coverage, sensitivity, benchmark, gates;
-- ``ship``: verified TorchScript, the fastest correct form, rebuild bundles;
+- ``ship``: what an engine ships, as data (the verified form, how MLflow logs and serves it), the served
+  call signature; each engine's own forms (FX: TorchScript, rebuild bundles; PT2E: AOTInductor packages)
+  live in its package;
 - ``search``: accuracy-aware fallback, ranking of sweep candidates;
 - ``report``: the Markdown report and charts.
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config import (
-    ConvertCustomSpec,
-    ObserverSpec,
-    PrepareCustomSpec,
-    QConfigMappingSpec,
-    QConfigOverride,
-    QuantSpec,
-    load_spec,
-)
+from quantstage.quant.config import ObserverSpec, QConfigMappingSpec, QConfigOverride, SpecBase
 from quantstage.quant.data import Dataset, DataSpec, ModelSource, check_inputs_fit, load_data
-from quantstage.quant.engines import Engine, engine_for, get_engine
-from quantstage.quant.engines.fx.engine import (
-    ReferenceModel,
-    check_skips,
-    convert,
-    degenerate_ranges,
-    find_unused_skips,
-    load_qat_checkpoint,
-    lower,
-    prepare,
-    reference_convert,
-    save_qat_checkpoint,
+from quantstage.quant.engines import (
+    Engine,
+    FxSpec,
+    Pt2eSpec,
+    QuantSpec,
+    engine_for,
+    get_engine,
+    load_spec,
+    parse_spec,
 )
+from quantstage.quant.engines.fx.spec import ConvertCustomSpec, PrepareCustomSpec
 from quantstage.quant.errors import (
     ArtifactError,
     ConversionError,
@@ -67,15 +62,25 @@ from quantstage.quant.measure import (
 )
 from quantstage.quant.quantize import Prepared, Quantized, Referenced, prepare_model, quantize
 from quantstage.quant.search import FallbackConfig, FallbackResult, search_fallback
-from quantstage.quant.ship import (
-    TorchScriptArtifact,
-    VariantResult,
-    export_torchscript,
-    load_torchscript,
-    rebuild,
-    select_variant,
-)
+from quantstage.quant.ship import VariantResult
 from quantstage.quant.tracing import SubmoduleCoverage, TracingPlan
+
+if TYPE_CHECKING:  # the FX engine's own names load torch.ao on first use (below): building a spec does not
+    from quantstage.quant.engines.fx.engine import (
+        ReferenceModel,
+        check_skips,
+        convert,
+        degenerate_ranges,
+        find_unused_skips,
+        load_qat_checkpoint,
+        lower,
+        prepare,
+        reference_convert,
+        save_qat_checkpoint,
+    )
+    from quantstage.quant.engines.fx.rebuild import rebuild
+    from quantstage.quant.engines.fx.torchscript import TorchScriptArtifact, export_torchscript, load_torchscript
+    from quantstage.quant.engines.fx.variants import select_variant
 
 __all__ = [
     # the entry point and its steps
@@ -106,8 +111,12 @@ __all__ = [
     "PrepareCustomSpec",
     "QConfigMappingSpec",
     "QConfigOverride",
+    "FxSpec",
+    "Pt2eSpec",
     "QuantSpec",
+    "SpecBase",
     "load_spec",
+    "parse_spec",
     # QAT input
     "load_qat_checkpoint",
     "save_qat_checkpoint",
@@ -148,3 +157,31 @@ __all__ = [
     "SpecError",
     "TracingError",
 ]
+
+# name -> module of the FX engine's drop-ins, imported on first use: importing quantstage.quant (to build a
+# spec: quant.config, quant.engines) loads no engine framework
+_FX_NAMES = {
+    "ReferenceModel": "quantstage.quant.engines.fx.engine",
+    "TorchScriptArtifact": "quantstage.quant.engines.fx.torchscript",
+    "check_skips": "quantstage.quant.engines.fx.engine",
+    "convert": "quantstage.quant.engines.fx.engine",
+    "degenerate_ranges": "quantstage.quant.engines.fx.engine",
+    "export_torchscript": "quantstage.quant.engines.fx.torchscript",
+    "find_unused_skips": "quantstage.quant.engines.fx.engine",
+    "load_qat_checkpoint": "quantstage.quant.engines.fx.engine",
+    "load_torchscript": "quantstage.quant.engines.fx.torchscript",
+    "lower": "quantstage.quant.engines.fx.engine",
+    "prepare": "quantstage.quant.engines.fx.engine",
+    "rebuild": "quantstage.quant.engines.fx.rebuild",
+    "reference_convert": "quantstage.quant.engines.fx.engine",
+    "save_qat_checkpoint": "quantstage.quant.engines.fx.engine",
+    "select_variant": "quantstage.quant.engines.fx.variants",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FX_NAMES:
+        value = getattr(import_module(_FX_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

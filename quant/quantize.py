@@ -27,10 +27,10 @@ from typing import Any, Literal
 from torch import nn
 
 from quantstage.quant.calibrate import run_inputs
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.inputs import bind_to_forward
 from quantstage.quant.engines import engine_for
 from quantstage.quant.engines.base import Engine, Reference, UnusedSkip
+from quantstage.quant.engines.registry import QuantSpec, default_spec
 from quantstage.quant.errors import (
     DataError,
     SpecError,
@@ -260,7 +260,7 @@ def prepare_model(
     *,
     qat_checkpoint: str | Path | None = None,
 ) -> Prepared:
-    """Prepare ``model`` for ``spec`` (default ``QuantSpec()``) with the engine it names, whole or by
+    """Prepare ``model`` for ``spec`` (default ``default_spec()``) with the engine it names, whole or by
     submodules (``spec.tracing``); ``model`` is not modified.
 
     ``example_inputs`` are one batch of inputs: a tensor, a tuple of positional arguments, or a
@@ -268,16 +268,17 @@ def prepare_model(
     trained prepared model is rebuilt from it, with the checkpoint's spec (``spec`` must be the
     default or equal it).
     """
-    spec = spec or QuantSpec()
+    spec = spec or default_spec()
     if example_inputs is None:
         raise DataError(
             "prepare_model needs example_inputs: one batch of the model's inputs (a tensor, a tuple or a dict)"
         )
     example = _example(example_inputs)
     engine = engine_for(spec)
+    engine.check(spec)  # what only the engine can check (its framework's rules), before any work
     if qat_checkpoint is not None:
         prepared, trained = engine.load_qat(qat_checkpoint, model, _positional(model, example))
-        if spec != QuantSpec() and spec != trained:
+        if spec != default_spec() and spec != trained:
             raise SpecError(
                 f"the spec given (hash {spec.digest()}) differs from the one that prepared the QAT checkpoint "
                 f"{str(qat_checkpoint)!r} (hash {trained.digest()}); fix: omit the spec to use the checkpoint's"
@@ -319,7 +320,7 @@ def quantize(
     qat_checkpoint: str | Path | None = None,
     timing_repeats: int = 10,
 ) -> Quantized:
-    """Quantize ``model`` as ``spec`` (default ``QuantSpec()``: static int8 for x86) says.
+    """Quantize ``model`` as ``spec`` (default ``default_spec()``: static int8 for x86) says.
 
     ``calibration`` is an iterable of batches of model inputs (a tensor, a tuple of positional
     arguments, or a dict of keyword arguments each); static mode runs the first

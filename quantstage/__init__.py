@@ -2,8 +2,8 @@
 
 The library (pure torch + pydantic)::
 
-    from quantstage import QuantSpec, quantize
-    quantized = quantize(model, QuantSpec(backend="x86"), calibration_batches)
+    from quantstage import FxSpec, quantize
+    quantized = quantize(model, FxSpec(backend="x86"), calibration_batches)
     quantized.model, quantized.coverage.summary()
 
 The pipeline (Prefect flow; MLflow tracking, registry and promotion)::
@@ -52,7 +52,16 @@ if TYPE_CHECKING:
         convert_flow,
         sweep_flow,
     )
-    from quantstage.quant import Quantized, QuantSpec, QuantStageError, load_spec, quantize
+    from quantstage.quant import (
+        FxSpec,
+        Pt2eSpec,
+        Quantized,
+        QuantSpec,
+        QuantStageError,
+        load_spec,
+        parse_spec,
+        quantize,
+    )
 
 _FLOWS = (
     "ConvertParams",
@@ -68,7 +77,9 @@ _FLOWS = (
 __all__ = [
     "ConvertParams",
     "ConvertResult",
+    "FxSpec",
     "GateFailure",
+    "Pt2eSpec",
     "QuantSpec",
     "QuantStageError",
     "Quantized",
@@ -78,6 +89,7 @@ __all__ = [
     "__version__",
     "convert_flow",
     "load_spec",
+    "parse_spec",
     "quantize",
     "sweep_flow",
 ]
@@ -85,7 +97,7 @@ __all__ = [
 
 # The library's names load torch on first use too: the command line installs its Ctrl-C handling
 # before anything heavy is imported.
-_LIBRARY = ("Quantized", "QuantSpec", "QuantStageError", "load_spec", "quantize")
+_LIBRARY = ("FxSpec", "Pt2eSpec", "Quantized", "QuantSpec", "QuantStageError", "load_spec", "parse_spec", "quantize")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,14 +1,28 @@
-"""What units of work running as threads of one process must not do at the same time."""
+"""What units of work running as threads of one process must not do at the same time, declared by
+the tasks themselves.
+
+A stage task says what it needs with ``@gated("exclusive")`` (it traces: prepare, the numeric
+suite, the fallback's trials) or ``@gated("shared")`` (it runs the model); a conversion unit only
+says whether it runs beside others (``in_parallel``). Outside ``in_parallel`` — a single conversion,
+a unit alone in a Dask worker's one thread — the decorators hold nothing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Literal, ParamSpec, TypeVar
 
 import torch
 
-__all__ = ["GATE", "NO_GATE", "ProcessGate"]
+__all__ = ["DECLARED", "GATE", "GateMode", "ProcessGate", "gated", "in_parallel"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+GateMode = Literal["shared", "exclusive"]
 
 
 class ProcessGate:
@@ -74,19 +88,49 @@ class ProcessGate:
         return self._hold(engine, exclusive=True)
 
 
-class _NoGate:
-    """The gate of a unit of work that runs alone (a single conversion): holds nothing."""
-
-    @contextlib.contextmanager
-    def _none(self) -> Iterator[None]:
-        yield
-
-    def shared(self, engine: str) -> contextlib.AbstractContextManager[None]:
-        return self._none()
-
-    def exclusive(self, engine: str) -> contextlib.AbstractContextManager[None]:
-        return self._none()
-
-
 GATE = ProcessGate()
-NO_GATE = _NoGate()
+
+# the quantized engine of the unit running in this thread beside others (None: it runs alone)
+_PARALLEL_ENGINE: ContextVar[str | None] = ContextVar("quantstage_parallel_engine", default=None)
+DECLARED: dict[str, GateMode] = {}  # "module.function" -> what it declared (the tests read it)
+_HOLDING: ContextVar[bool] = ContextVar("quantstage_holding_gate", default=False)  # a task inside a gated task
+
+
+@contextlib.contextmanager
+def in_parallel(engine: str, parallel: bool = True) -> Iterator[None]:
+    """Within this block, ``@gated`` tasks hold the process gate for ``engine`` (``parallel``: the unit
+    runs beside other units in this process); with ``parallel=False`` they hold nothing."""
+    token = _PARALLEL_ENGINE.set(engine if parallel else None)
+    try:
+        yield
+    finally:
+        _PARALLEL_ENGINE.reset(token)
+
+
+def gated(mode: GateMode) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Declare what a task needs of the process gate: ``exclusive`` (it traces, patching
+    ``Module.__call__`` process-wide) or ``shared`` (it runs models, other same-engine units may too).
+    Put it under ``@task``; it holds the gate only inside ``in_parallel``."""
+    if mode not in ("shared", "exclusive"):
+        raise ValueError(
+            f"gate mode {mode!r} is not one of 'shared', 'exclusive'; fix: @gated('shared') or @gated('exclusive')"
+        )
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        DECLARED[f"{fn.__module__}.{fn.__qualname__}"] = mode
+
+        @functools.wraps(fn)
+        def held(*args: P.args, **kwargs: P.kwargs) -> R:
+            engine = _PARALLEL_ENGINE.get()
+            if engine is None or _HOLDING.get():
+                return fn(*args, **kwargs)
+            with getattr(GATE, mode)(engine):
+                token = _HOLDING.set(True)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _HOLDING.reset(token)
+
+        return held
+
+    return decorate

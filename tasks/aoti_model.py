@@ -1,4 +1,5 @@
-"""The pyfunc model MLflow serves for an AOTInductor package, logged as "models from code".
+"""The pyfunc model MLflow serves for an AOTInductor package (the PT2E engine's ``ModelForm`` names this file,
+``quantstage.tasks.aoti_model``), logged as "models from code".
 
 MLflow copies this file into the logged model and runs it when the model loads, so loading needs
 only mlflow, numpy and torch: no quantstage, no model class, no torchao. Keep it free of quantstage

@@ -7,16 +7,20 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import QuantSpec
 from quantstage.quant.quantize import Prepared, prepare_model
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate_model"]
 
 
-@task(name="calibrate", cache_policy=NO_CACHE)
-def calibrate(model: torch.nn.Module, dataset: Dataset, spec: QuantSpec, qat_checkpoint: str | None = None) -> Prepared:
+@task(name="calibrate_model", cache_policy=NO_CACHE)
+@gated("exclusive")  # prepare traces the model: Module.__call__ is patched process-wide
+def calibrate_model(
+    model: torch.nn.Module, dataset: Dataset, spec: QuantSpec, qat_checkpoint: str | None = None
+) -> Prepared:
     """Prepare ``model`` for ``spec`` (or rebuild a trained QAT model from ``qat_checkpoint``, a local
     path) and, in static mode, calibrate its observers on the calibration batches."""
     logger = run_logger()

@@ -1,10 +1,8 @@
-"""Export stage: the fastest correct deployable form, verified against the lowered model before
-anything is logged (a rebuild bundle when no form reproduces it); and the reference model for
-compilers."""
+"""Export stage: the engine's verified deployable form (``Engine.ship``: the fastest correct one, or the
+engine's fallback when none reproduces the model), and the reference model for compilers."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,12 +15,11 @@ from quantstage.quant.data.outputs import with_output
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.engines import get_engine
 from quantstage.quant.engines.base import ShippedFile
-from quantstage.quant.errors import ArtifactError
 from quantstage.quant.quantize import Quantized
-from quantstage.quant.ship.rebuild import save_bundle
+from quantstage.quant.ship.shipped import Origin, Shipped
 from quantstage.quant.ship.signature import served_form
-from quantstage.quant.ship.variants import VariantResult
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 
 __all__ = ["Shipped", "export_model", "export_reference"]
 
@@ -34,44 +31,29 @@ def _verify_inputs(dataset: Dataset) -> list[tuple[torch.Tensor, ...]]:
     return batches + [args_of(head(dataset.evaluation[0][0], 1))]  # batch 1 too: the serving shape
 
 
-@dataclasses.dataclass
-class Shipped:
-    """What ships: a verified artifact (``artifact``), or a rebuild bundle folder (``bundle``) when
-    no deployable form reproduces the model (``why``); ``variants`` the forms tried."""
-
-    artifact: ShippedFile | None
-    bundle: str | None = None
-    variants: list[VariantResult] = dataclasses.field(default_factory=list)
-    why: str = ""
-
-    @property
-    def method(self) -> str:
-        return self.artifact.method if self.artifact is not None else "rebuild_bundle"
-
-
-def _bundle(quantized: Quantized, dataset: Dataset, out_dir: str, source: ModelSource, why: str) -> str:
-    if source.factory is None:
-        raise ArtifactError(
-            f"{why}; a model that no deployable form reproduces ships as a rebuild bundle, which needs a factory "
-            f"source: give model: {{factory: 'package.module:callable', weights: ...}} instead of {source.label!r}"
+def _log_shipped(shipped: Shipped, verified_on: int) -> None:
+    logger = run_logger()
+    for v in shipped.variants:
+        logger.info(
+            "variant %-22s p50 %s ms, max abs diff %s%s",
+            v.name,
+            "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}",
+            "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}",
+            f" ({v.error})" if v.error else "",
         )
-    bundle = save_bundle(
-        quantized.model,
-        Path(out_dir) / "rebuild",
-        output=dataset.output_key,
-        factory=source.factory,
-        kwargs=dict(source.kwargs),
-        folder=source.folder,
-        spec=quantized.spec,
-        tracing=quantized.tracing,
-        verify_inputs=_verify_inputs(dataset),
-        input_names=dataset.input_names,
+    if shipped.why:
+        logger.warning("no deployable form reproduces the model (%s); shipping %s", shipped.why[:300], shipped.method)
+    logger.info(
+        "shipping %s, verified on %d batches: %s, %d bytes",
+        shipped.method,
+        verified_on,
+        shipped.path,
+        shipped.size_bytes,
     )
-    run_logger().warning("no deployable form reproduces the model (%s); shipping rebuild bundle %s", why[:300], bundle)
-    return str(bundle)
 
 
 @task(name="export_model", cache_policy=NO_CACHE)
+@gated("shared")
 def export_model(
     quantized: Quantized,
     dataset: Dataset,
@@ -80,38 +62,28 @@ def export_model(
     tolerance: float = 0.0,
     budget_s: float | None = None,
 ) -> Shipped:
-    """Pick the fastest deployable form that reproduces the model, save it, load it back, verify it;
-    when none does, the factory + spec + quantized state_dict that rebuild it, verified by rebuilding."""
-    logger = run_logger()
+    """Ship the model with its engine: the fastest deployable form that reproduces it, saved, loaded back and
+    verified; the engine's fallback (FX: factory + spec + quantized state_dict) when none does."""
     verify = _verify_inputs(dataset)
-    engine = get_engine(quantized.engine)
-    try:
-        # what the registered model returns, called like the float model (quant.ship.signature)
-        served = served_form(quantized.model, dataset.output_key, dataset.input_names, dataset.example_inputs)
-        artifact, variants = engine.ship(
-            served, Path(out_dir) / "model_int8.pt", verify, tolerance=tolerance, budget_s=budget_s
-        )
-    except ArtifactError as exc:
-        return Shipped(None, _bundle(quantized, dataset, out_dir, source, str(exc)), why=str(exc))
-    for v in variants:
-        logger.info(
-            "variant %-22s p50 %s ms, max abs diff %s%s",
-            v.name,
-            "n/a" if v.p50_ms is None else f"{v.p50_ms:.3f}",
-            "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}",
-            f" ({v.error})" if v.error else "",
-        )
-    logger.info(
-        "shipping %s, verified on %d batches: %s, %d bytes",
-        artifact.method,
-        len(verify),
-        artifact.path,
-        artifact.size_bytes,
+    origin = Origin(
+        model=quantized.model,
+        spec=quantized.spec,
+        tracing=quantized.tracing,
+        source=source,
+        output=dataset.output_key,
+        input_names=dataset.input_names,
     )
-    return Shipped(artifact, variants=variants)
+    # what the registered model returns, called like the float model (quant.ship.signature)
+    served = served_form(quantized.model, dataset.output_key, dataset.input_names, dataset.example_inputs)
+    shipped = get_engine(quantized.engine).ship(
+        served, Path(out_dir) / "model", verify, origin=origin, tolerance=tolerance, budget_s=budget_s
+    )
+    _log_shipped(shipped, len(verify))
+    return shipped
 
 
 @task(name="export_reference", cache_policy=NO_CACHE)
+@gated("shared")
 def export_reference(quantized: Quantized, dataset: Dataset, out_dir: str) -> ShippedFile | None:
     """Save the whole model's reference quantized model (before lowering), verified, for compilers: TorchScript
     (fx) or an exported program (pt2e); None on the submodule path (each part's reference code is logged)."""

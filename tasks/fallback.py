@@ -14,8 +14,8 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import QuantSpec
 from quantstage.quant.measure.benchmark import benchmark
 from quantstage.quant.measure.evaluate import EvaluationSpec
 from quantstage.quant.measure.gates import GatesConfig
@@ -28,12 +28,30 @@ from quantstage.quant.search.fallback import (
     spec_with_float_layers,
 )
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 
-__all__ = ["fallback_search"]
+__all__ = ["search_float_layers"]
 
 
-@task(name="fallback_search", cache_policy=NO_CACHE)
-def fallback_search(
+def _log_trial(client: mlflow.MlflowClient, experiment_id: str, run_id: str, number: int, trial: Trial) -> str:
+    """One fallback trial as a finished MLflow run nested under ``run_id``; its id."""
+    nested = client.create_run(
+        experiment_id,
+        run_name=f"fallback trial {number}: {len(trial.float_layers)} float layer(s)",
+        tags={"mlflow.parentRunId": run_id, "quantstage.trial": str(number)},
+    )
+    client.log_param(nested.info.run_id, "float_layers", ",".join(trial.float_layers) or "(none)")
+    client.log_param(nested.info.run_id, "num_float_layers", len(trial.float_layers))
+    for key, value in trial.metrics.items():
+        client.log_metric(nested.info.run_id, key, value)
+    client.log_metric(nested.info.run_id, "passed", float(trial.passed))
+    client.set_terminated(nested.info.run_id)
+    return str(nested.info.run_id)
+
+
+@task(name="search_float_layers", cache_policy=NO_CACHE)
+@gated("exclusive")  # every trial prepares (traces) the model again
+def search_float_layers(
     run_id: str,
     model: torch.nn.Module,
     dataset: Dataset,
@@ -53,22 +71,10 @@ def fallback_search(
         trial, quantized = convert_and_check(model, dataset, spec, gates, float_layers, evaluation)
         latency = benchmark(model, quantized, example, iterations=20, warmup=3).quant_latency.p50_ms
         trial.metrics["int8_latency_p50_ms"] = latency
-        number = len(trials_logged) + 1
-        nested = client.create_run(
-            experiment_id,
-            run_name=f"fallback trial {number}: {len(float_layers)} float layer(s)",
-            tags={"mlflow.parentRunId": run_id, "quantstage.trial": str(number)},
-        )
-        client.log_param(nested.info.run_id, "float_layers", ",".join(float_layers) or "(none)")
-        client.log_param(nested.info.run_id, "num_float_layers", len(float_layers))
-        for key, value in trial.metrics.items():
-            client.log_metric(nested.info.run_id, key, value)
-        client.log_metric(nested.info.run_id, "passed", float(trial.passed))
-        client.set_terminated(nested.info.run_id)
-        trials_logged.append(nested.info.run_id)
+        trials_logged.append(_log_trial(client, experiment_id, run_id, len(trials_logged) + 1, trial))
         logger.info(
             "fallback trial %d: float %s -> accuracy drop %.4f, int8 p50 %.3f ms, %s",
-            number,
+            len(trials_logged),
             list(float_layers) or "none",
             trial.accuracy_drop,
             latency,

@@ -28,8 +28,9 @@ from quantstage.quant.data.sources import Dataset, DataSpec
 from quantstage.quant.data.sources import load_data as build_data
 from quantstage.quant.errors import SourceError
 from quantstage.tasks._common import IO_RETRIES, run_logger
+from quantstage.tasks._gate import gated
 
-__all__ = ["SourceModel", "fetch_file", "load_data", "load_model", "resolve_model_uri", "source_identity"]
+__all__ = ["SourceModel", "fetch_file", "identify_source", "load_dataset", "load_model", "resolve_model_uri"]
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
 
@@ -117,8 +118,8 @@ def _identity(source: ModelSource, weights_path: str | None = None) -> tuple[str
     )
 
 
-@task(name="source_identity", **IO_RETRIES)
-def source_identity(source: ModelSource) -> str:
+@task(name="identify_source", **IO_RETRIES)
+def identify_source(source: ModelSource) -> str:
     """What the source is right now: ``models:/<name>/<version>``, ``runs:/<id>`` or a digest of the
     factory, its kwargs and the weights/folder/pickle files (equal identities, same float model)."""
     return _identity(source)[0]
@@ -141,6 +142,7 @@ def _load_uri(model_uri: str) -> torch.nn.Module:
 
 
 @task(name="load_model", **IO_RETRIES)
+@gated("shared")
 def load_model(source: str | ModelSource) -> SourceModel:
     """Load the float source model: an MLflow model URI, a factory (+ weights), or a trusted pickle."""
     logger = run_logger()
@@ -181,8 +183,9 @@ def _local(uri: str) -> str:
     return fetch_file.fn(uri)
 
 
-@task(name="load_data", cache_policy=NO_CACHE)
-def load_data(data: DataSpec, model: torch.nn.Module, output: str | None = None) -> Dataset:
+@task(name="load_dataset", cache_policy=NO_CACHE)
+@gated("shared")  # checking the data fits runs the model once
+def load_dataset(data: DataSpec, model: torch.nn.Module, output: str | None = None) -> Dataset:
     """Build calibration and evaluation batches, check they fit the model, and decide which part of
     its output every stage compares (``output``: a field name or index; default the first tensor)."""
     dataset = build_data(data, model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -15,14 +17,14 @@ from mlflow.models import infer_signature
 from prefect import task
 
 from quantstage.quant.data.inputs import args_of, head
-from quantstage.quant.ship.aoti import AotiArtifact
-from quantstage.quant.ship.torchscript import TorchScriptArtifact
+from quantstage.quant.ship.shipped import ModelForm
 from quantstage.tasks._common import IO_RETRIES, run_logger
+from quantstage.tasks._gate import gated
 from quantstage.tasks.model_signature import log_named_pytorch
 from quantstage.tasks.model_signature import model_signature as _signature
 from quantstage.tasks.record import ConversionRecord
 
-__all__ = ["TORCH_REQUIREMENT", "log_conversion", "log_pytorch_model", "log_record"]
+__all__ = ["TORCH_REQUIREMENT", "log_conversion", "log_model_form", "log_pytorch_model", "log_record"]
 
 TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
 
@@ -83,40 +85,46 @@ def _log_pyfunc(run_id: str, features: Any, output: Any, **save: Any) -> str:
     return f"runs:/{run_id}/model"
 
 
-def _log_rebuild_model(run_id: str, bundle: str) -> str:
-    """Log a rebuild bundle as a pyfunc model (the bundle travels as its artifact); return its URI.
-    Signature and input example come from the example batch the bundle stores (first 2 samples)."""
-    from quantstage.quant.ship.rebuild import example
-    from quantstage.tasks.rebuild_model import RebuildModel
-
-    inputs, output, names = example(bundle)
-    features, _ = _features(args_of(head(inputs, 2)), names)
-    return _log_pyfunc(
-        run_id,
-        features,
-        output[:2].numpy(),
-        python_model=RebuildModel(),
-        artifacts={"bundle": bundle},
-        pip_requirements=[TORCH_REQUIREMENT, "quantstage"],
-    )
+def _python_model(loader: str) -> Any:
+    """What ``mlflow.pyfunc.save_model`` takes as ``python_model`` for a ``ModelForm.loader``: an instance of
+    ``package.module:Class``, or the file of the models-from-code module ``package.module`` (not imported:
+    MLflow runs it when the model loads)."""
+    module, _, cls = loader.partition(":")
+    if cls:
+        return getattr(importlib.import_module(module), cls)()
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            f"pyfunc loader {loader!r} names no importable module file; allowed: 'package.module:Class' (a "
+            f"PythonModel) or 'package.module' (a models-from-code file); fix: the engine's ModelForm.loader"
+        )
+    return spec.origin
 
 
-def log_aoti_model(run_id: str, artifact: AotiArtifact, example: Any, names: tuple[str, ...] | None) -> str:
-    """Log an AOTInductor package as a pyfunc model ("models from code": loading needs mlflow, numpy and
-    torch only) with its signature and input example; return its URI."""
+def _log_pyfunc_form(run_id: str, form: ModelForm, example: Any, names: Sequence[str] | None) -> str:
+    """Log ``form.files`` as a pyfunc model served by ``form.loader``, with the signature and input example of
+    ``form.module`` on ``example`` (``model_config["input_names"]``: forward's argument names); return its URI."""
     args = args_of(example)
     with torch.no_grad():
-        output = artifact.module(*args)
+        output = form.module(*args)
     features, named = _features(args, names)
     return _log_pyfunc(
         run_id,
         features,
         output.detach().numpy(),
-        python_model=str(Path(__file__).with_name("aoti_model.py")),
-        artifacts={"package": str(artifact.path)},
+        python_model=_python_model(form.loader),
+        artifacts=dict(form.files),
         model_config={"input_names": named},
-        pip_requirements=[TORCH_REQUIREMENT, "numpy"],
+        pip_requirements=[TORCH_REQUIREMENT, *form.requirements],
     )
+
+
+def log_model_form(run_id: str, form: ModelForm, example: Any, names: Sequence[str] | None = None) -> str:
+    """Log a shipped model as its engine's ``ModelForm`` says (pytorch flavor, or files behind a pyfunc loader)
+    as the run's ``model``; return its URI. ``example`` is one batch of inputs (the signature's)."""
+    if form.flavor == "pytorch":
+        return log_pytorch_model(form.module, example, tuple(names) if names else None, run_id=run_id)
+    return _log_pyfunc_form(run_id, form, example, names)
 
 
 def _finite(value: Any) -> Any:
@@ -145,29 +153,19 @@ def log_record(client: mlflow.MlflowClient, run_id: str, record: ConversionRecor
 
 
 @task(name="log_conversion", **IO_RETRIES)
+@gated("shared")
 def log_conversion(
     run_id: str,
     record: ConversionRecord,
     *,
-    shipped: Any,
-    bundle: str | None,
+    form: ModelForm,
     example: Any,
     input_names: tuple[str, ...] | None = None,
 ) -> str:
-    """Log ``record`` to the run, then the shipped model (the verified TorchScript module, an AOTInductor
-    package or the rebuild bundle as a pyfunc model); return the model's URI. ``shipped`` is the artifact
-    export_model verified (``TorchScriptArtifact``, ``AotiArtifact``) or a TorchScript module."""
+    """Log ``record`` to the run, then the shipped model as its ``ModelForm`` says; return the model's URI."""
     client = mlflow.MlflowClient()
     log_record(client, run_id, record)
-    if isinstance(shipped, AotiArtifact):
-        model_uri = log_aoti_model(run_id, shipped, head(example, 2), input_names)
-    elif shipped is not None:
-        module = shipped.module if isinstance(shipped, TorchScriptArtifact) else shipped
-        model_uri = log_pytorch_model(module, head(example, 2), input_names, run_id=run_id)
-    elif bundle is not None:
-        model_uri = _log_rebuild_model(run_id, bundle)
-    else:
-        raise ValueError("log_conversion needs the shipped module or a rebuild bundle")
+    model_uri = log_model_form(run_id, form, head(example, 2), input_names)
     client.set_tag(run_id, "quantstage.model_uri", model_uri)
     run_logger().info("logged quantized model %s", model_uri)
     return model_uri

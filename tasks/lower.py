@@ -7,12 +7,14 @@ from prefect.cache_policies import NO_CACHE
 
 from quantstage.quant.quantize import Quantized, Referenced
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 
-__all__ = ["lower"]
+__all__ = ["lower_model"]
 
 
-@task(name="lower", cache_policy=NO_CACHE)
-def lower(referenced: Referenced) -> Quantized:
+@task(name="lower_model", cache_policy=NO_CACHE)
+@gated("shared")
+def lower_model(referenced: Referenced) -> Quantized:
     """Lower the reference model to native quantized ops (fbgemm/x86/qnnpack/onednn) and measure its coverage."""
     quantized = referenced.lower()
     logger = run_logger()

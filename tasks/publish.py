@@ -32,7 +32,7 @@ from quantstage.tasks.registry import (
     withdraw_version,
 )
 
-__all__ = ["Publication", "PublishRequest", "publish"]
+__all__ = ["Publication", "PublishRequest", "event_payload", "publish_model"]
 
 
 class PublishRequest(BaseModel):
@@ -71,8 +71,8 @@ def _decide(request: PublishRequest, version: str) -> tuple[bool, str]:
     return compare_with_holder(request.name, version, request.alias, request.metrics, request.eval_digest)
 
 
-@task(name="publish", **IO_RETRIES)
-def publish(request: PublishRequest) -> Publication:
+@task(name="publish_model", **IO_RETRIES)
+def publish_model(request: PublishRequest) -> Publication:
     """Register, compare with the alias holder, promote and tag, under the registry lock; emit the event."""
     key = request.lineage.get("idempotency_key", "")
     with registry_lock():

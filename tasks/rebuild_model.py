@@ -1,4 +1,6 @@
-"""The pyfunc model MLflow serves for a rebuild bundle (imported only when one is logged or loaded)."""
+"""The pyfunc model MLflow serves for the FX engine's rebuild bundle (``quant.engines.fx.rebuild``): its
+``ModelForm`` names this loader (``quantstage.tasks.rebuild_model:RebuildModel``); imported only when a bundle is
+logged or loaded."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ __all__ = ["RebuildModel"]
 
 
 class RebuildModel(PythonModel):
-    """pyfunc wrapper of a rebuild bundle (quant/rebuild.py): ``predict`` takes one array, or a
+    """pyfunc wrapper of a rebuild bundle (``artifacts["bundle"]``): ``predict`` takes one array, or a
     dict of arrays named after ``forward``'s arguments; needs quantstage and the factory importable."""
 
     # predict takes an array or a dict of arrays, which MLflow's type-hint validation cannot
@@ -22,7 +24,7 @@ class RebuildModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from quantstage.quant.ship.rebuild import rebuild
+        from quantstage.quant import rebuild
 
         bundle = context.artifacts["bundle"]
         self.model = rebuild(bundle)

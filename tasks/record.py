@@ -12,16 +12,16 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.inputs import batch_len
 from quantstage.quant.data.sources import Dataset, DataSpec
+from quantstage.quant.engines import QuantSpec
 from quantstage.quant.measure.benchmark import BenchmarkReport, benchmark_table
 from quantstage.quant.measure.coverage import Coverage
 from quantstage.quant.measure.evaluate import AccuracyReport
 from quantstage.quant.measure.gates import GateResult
 from quantstage.quant.measure.sensitivity import LayerSensitivity, sensitivity_table
 from quantstage.quant.quantize import Quantized
-from quantstage.quant.ship.variants import VariantResult
+from quantstage.quant.ship.shipped import VariantResult
 
 __all__ = ["ConversionRecord", "conversion_metrics", "conversion_record", "lineage"]
 

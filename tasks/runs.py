@@ -23,6 +23,7 @@ __all__ = [
     "end_run",
     "experiment_id",
     "fail_run",
+    "failure_of",
     "log_metrics",
     "recover_orphaned_runs",
     "start_run",
@@ -64,14 +65,20 @@ def fail_run(run_id: str, error: str, detail: str = "", metrics: Mapping[str, fl
         client.set_terminated(run_id, status="FAILED")
 
 
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """``(status, one-line reason)`` a run ends with when its conversion raised ``exc``: KILLED
+    ("cancelled") when the flow run was cancelled (Prefect's TerminationSignal), else FAILED."""
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(exc, TerminationSignal):
+        return "KILLED", "cancelled"
+    return "FAILED", one_line(f"{type(exc).__name__}: {exc}", 500)
+
+
 def close_failed(run_id: str, exc: BaseException) -> None:
     """Best effort, never raises: the run of a conversion that raised ends FAILED (KILLED when the flow
     run was cancelled), tagged with the one-line reason. The original error stays the one raised."""
-    from prefect.exceptions import TerminationSignal
-
-    killed = isinstance(exc, TerminationSignal)
-    status = "KILLED" if killed else "FAILED"
-    reason = "cancelled" if killed else one_line(f"{type(exc).__name__}: {exc}", 500)
+    status, reason = failure_of(exc)
     with contextlib.suppress(Exception):
         client = mlflow.MlflowClient()
         client.set_tag(run_id, "quantstage.error", reason)

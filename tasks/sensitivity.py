@@ -13,12 +13,14 @@ from quantstage.quant.engines import get_engine
 from quantstage.quant.measure.sensitivity import LayerSensitivity, sensitivity_chart, sensitivity_table
 from quantstage.quant.quantize import Quantized
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 from quantstage.tasks.report import artifact_key
 
 __all__ = ["analyze_sensitivity"]
 
 
 @task(name="analyze_sensitivity", cache_policy=NO_CACHE)
+@gated("exclusive")  # the numeric suite traces the model
 def analyze_sensitivity(
     quantized: Quantized, dataset: Dataset, out_dir: str, name: str, batches: int = 4
 ) -> tuple[list[LayerSensitivity], str | None]:

@@ -22,11 +22,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import QuantSpec, engine_for
 from quantstage.quant.measure.benchmark import benchmark
 from quantstage.quant.measure.gates import GateResult, speedup_gate
 from quantstage.quant.search.ranking import CandidateScore, Ranking, tradeoff_chart
-from quantstage.quant.ship.aoti import AOTI_SUFFIX, load_aoti
-from quantstage.quant.ship.rebuild import rebuild
 from quantstage.tasks._common import IO_RETRIES, run_logger
 from quantstage.tasks.log_model import log_record
 from quantstage.tasks.record import ConversionRecord
@@ -73,16 +72,10 @@ def start_candidate_runs(
     return ids
 
 
-def _load_shipped(model_uri: str, shipped_as: str, tmp: str) -> torch.nn.Module:
-    """The model a candidate's run logged: its TorchScript module, its AOTInductor package, or its rebuild
-    bundle rebuilt."""
-    if shipped_as == "rebuild_bundle":
-        return rebuild(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts/bundle", dst_path=tmp))
-    if shipped_as == "aoti_package":
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts", dst_path=tmp))
-        return load_aoti(next(folder.rglob(f"*{AOTI_SUFFIX}")))
-    model: torch.nn.Module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    return model.eval()
+def _load_shipped(model_uri: str, spec: QuantSpec, tmp: str) -> torch.nn.Module:
+    """The model a candidate's run logged, downloaded and loaded by the engine that shipped it."""
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+    return engine_for(spec).load(folder).eval()
 
 
 @task(name="rebenchmark_candidate", task_run_name="rebenchmark-{index}", cache_policy=NO_CACHE)
@@ -90,7 +83,7 @@ def rebenchmark_candidate(
     index: int,
     run_id: str,
     model_uri: str,
-    shipped_as: str,
+    spec: QuantSpec,
     float_model: torch.nn.Module,
     dataset: Dataset,
     *,
@@ -98,11 +91,11 @@ def rebenchmark_candidate(
     max_cv: float | None = 0.25,
     min_speedup: float | None = None,
 ) -> tuple[dict[str, float], list[GateResult]]:
-    """Benchmark one candidate's shipped model (as its run logged it) against the float model, alone
-    on the machine; log the numbers to its nested run as ``sequential_*`` metrics, judge the speed gate
-    (``min_speedup``) on them, and return both."""
+    """Benchmark one candidate's shipped model (as its run logged it, loaded by ``spec``'s engine) against the
+    float model, alone on the machine; log the numbers to its nested run as ``sequential_*`` metrics, judge the
+    speed gate (``min_speedup``) on them, and return both."""
     with tempfile.TemporaryDirectory(prefix="quantstage-rebenchmark-") as tmp:
-        shipped = _load_shipped(model_uri, shipped_as, tmp)
+        shipped = _load_shipped(model_uri, spec, tmp)
         report = benchmark(
             float_model, shipped, dataset.example_inputs, iterations=iterations, num_threads=1, max_cv=max_cv
         )

@@ -9,11 +9,13 @@ from prefect.cache_policies import NO_CACHE
 from quantstage.quant.data.sources import Dataset
 from quantstage.quant.measure.evaluate import AccuracyReport, EvaluationSpec, evaluate
 from quantstage.tasks._common import run_logger
+from quantstage.tasks._gate import gated
 
 __all__ = ["validate_accuracy"]
 
 
 @task(name="validate_accuracy", cache_policy=NO_CACHE)
+@gated("shared")
 def validate_accuracy(
     float_model: torch.nn.Module, quantized: torch.nn.Module, dataset: Dataset, evaluation: EvaluationSpec | None = None
 ) -> AccuracyReport:

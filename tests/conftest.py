@@ -1,8 +1,11 @@
-"""Shared fixtures: one Prefect test harness and one temporary MLflow store per session."""
+"""Shared fixtures: one Prefect test harness and one temporary MLflow store per session (per
+pytest-xdist worker under ``-n``: each worker is its own session, with its own Prefect home)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,23 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``'s unit part runs ``-n 2``), before anything imports torch or
+    Prefect: each worker gets a PREFECT_HOME of its own, so the commands the tests start (and an
+    ephemeral Prefect API) never share one SQLite database or result store with another worker; and the
+    workers share the CPUs instead of each spinning up a thread per core (``OMP_NUM_THREADS``, which the
+    commands they start inherit too; a value already set is kept)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    home = tempfile.mkdtemp(prefix=f"quantstage-prefect-{worker}-")
+    os.environ["PREFECT_HOME"] = home
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // workers)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -350,11 +350,10 @@ def convert(family: str, engine: str = "fx", *, mode: str | None = None, keep: s
     import time
     from pathlib import Path
 
-    from quantstage.quant.config.spec import QuantSpec
     from quantstage.quant.data.inputs import args_of, check_inputs_fit, head
     from quantstage.quant.data.outputs import output_key
     from quantstage.quant.data.sources import DataSpec, load_data
-    from quantstage.quant.engines import get_engine
+    from quantstage.quant.engines import get_engine, parse_spec
     from quantstage.quant.errors import QuantStageError, one_line
     from quantstage.quant.measure.evaluate import EvaluationSpec, evaluate
     from quantstage.quant.quantize import quantize
@@ -371,7 +370,9 @@ def convert(family: str, engine: str = "fx", *, mode: str | None = None, keep: s
     started = time.perf_counter()
     out.stage = "quantize"
     try:
-        quantized = quantize(model, QuantSpec(mode=out.mode, engine=engine), [x for x, _ in dataset.calibration])
+        quantized = quantize(
+            model, parse_spec({"mode": out.mode, "engine": engine}), [x for x, _ in dataset.calibration]
+        )
         out.tracing = quantized.tracing
         out.quantized_fraction = quantized.coverage.quantized_fraction
         out.float_layers = [f"{e.name}: {e.reason}" for e in getattr(quantized.coverage, "float", [])][:20]
@@ -385,13 +386,13 @@ def convert(family: str, engine: str = "fx", *, mode: str | None = None, keep: s
         out.stage = "ship"
         verify = [args_of(x) for x, _ in dataset.evaluation[:2]] + [args_of(head(dataset.evaluation[0][0], 1))]
         folder = keep or tempfile.mkdtemp(prefix="zoo-")
-        artifact, _ = get_engine(engine).ship(
+        shipped = get_engine(engine).ship(
             served_form(quantized.model, dataset.output_key, dataset.input_names, dataset.example_inputs),
-            Path(folder) / "model_int8.pt",
+            Path(folder),
             verify,
             budget_s=3,
         )
-        out.shipped, out.shipped_as = artifact, artifact.method
+        out.shipped, out.shipped_as = shipped, shipped.method
         out.converted = True
     except QuantStageError as exc:
         out.error = one_line(f"{type(exc).__name__}: {exc}")

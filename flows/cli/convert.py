@@ -27,11 +27,11 @@ def _convert_params(args: argparse.Namespace) -> Any:
 
     raw = load_config(args.config, list(ConvertParams.model_fields)) if args.config else {}
     if args.spec:
-        from quantstage.quant.config.spec import load_spec
+        from quantstage.quant.engines import load_spec
         from quantstage.quant.errors import SpecError
 
         try:
-            raw["spec"] = load_spec(args.spec).model_dump(mode="json")
+            raw["spec"] = load_spec(args.spec).model_dump(mode="json", exclude_defaults=True)  # flags may change engine
         except SpecError as exc:
             raise BadInput(str(exc)) from exc
     overrides = {

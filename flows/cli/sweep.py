@@ -30,7 +30,7 @@ def _sweep_params(args: argparse.Namespace) -> Any:
 
     raw = load_config(args.config, list(SweepParams.model_fields)) if args.config else {}
     if args.candidate:
-        from quantstage.quant.config.spec import load_spec
+        from quantstage.quant.engines import load_spec
         from quantstage.quant.errors import SpecError
 
         try:

@@ -1,17 +1,19 @@
-"""Configuration as data: ``QuantSpec`` and its qconfig mappings (frozen pydantic, YAML/JSON)."""
+"""Configuration as data: what every spec shares (``SpecBase``) and its qconfig mappings (frozen pydantic,
+YAML/JSON). Each engine's spec and the ``QuantSpec`` union live with the engines (``quant.engines``);
+this package imports none of them."""
 
 from quantstage.quant.config.dotted import resolve_dotted
 from quantstage.quant.config.qconfig import ObserverSpec, QConfigMappingSpec, QConfigOverride
-from quantstage.quant.config.spec import ConvertCustomSpec, PrepareCustomSpec, QuantSpec, first_error, load_spec
+from quantstage.quant.config.spec import BACKENDS, SpecBase, SpecModel, first_error, read_spec_file
 
 __all__ = [
-    "ConvertCustomSpec",
+    "BACKENDS",
     "ObserverSpec",
-    "PrepareCustomSpec",
     "QConfigMappingSpec",
     "QConfigOverride",
-    "QuantSpec",
+    "SpecBase",
+    "SpecModel",
     "first_error",
-    "load_spec",
+    "read_spec_file",
     "resolve_dotted",
 ]

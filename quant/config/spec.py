@@ -1,12 +1,11 @@
-"""QuantSpec: what to quantize and how, as data.
+"""What every spec shares: ``SpecBase``, the fields and methods all engines understand, as data.
 
-A spec is a frozen pydantic model (``extra="forbid"``), loadable from YAML or JSON. Every
-argument of ``convert_fx`` — ``qconfig_mapping``, ``convert_custom_config``,
-``_remove_qconfig``, ``backend_config``, ``keep_original_weights`` — and the prepare-time
-configuration it depends on are reachable from it. The engine builds its torch objects from
-it (the FX engine: ``QConfigMapping``, ``BackendConfig``, ``PrepareCustomConfig``,
-``ConvertCustomConfig`` in ``quant.engines.fx.configs``) and checks on validation what only it
-can check.
+A spec is a frozen pydantic model (``extra="forbid"``), loadable from YAML or JSON. Each engine
+owns a subclass with its own fields and checks (``quant.engines.fx.spec.FxSpec``,
+``quant.engines.pt2e.spec.Pt2eSpec``); ``quant.engines.registry`` joins them into ``QuantSpec``,
+the union a spec is parsed into by its ``engine`` field. This package imports no engine: building
+a spec needs no quantization framework (the engine builds its torch objects from the spec, and
+checks what only it can check, before any work).
 """
 
 from __future__ import annotations
@@ -16,36 +15,33 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from quantstage.quant.config.dotted import resolve_all, resolve_dotted
+from quantstage.quant.config.dotted import resolve_all
 from quantstage.quant.config.files import read_mapping
 from quantstage.quant.config.qconfig import MappingPreset, QConfigMappingSpec, QConfigOverride
-from quantstage.quant.errors import SpecError
 
-__all__ = [
-    "BACKENDS",
-    "BACKEND_CONFIG_NAMES",
-    "ConvertCustomSpec",
-    "PrepareCustomSpec",
-    "ENGINES",
-    "QuantSpec",
-    "first_error",
-    "load_spec",
-]
+__all__ = ["BACKENDS", "Backend", "Mode", "SpecBase", "SpecModel", "first_error", "read_spec_file"]
 
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
-ENGINES = ("fx",)
 Backend = Literal["x86", "fbgemm", "qnnpack", "onednn"]
 Mode = Literal["static", "dynamic", "float16", "qat"]
-QuantType = Literal["static", "dynamic", "weight_only"]
-BACKEND_CONFIG_NAMES = ("native", "x86", "fbgemm", "qnnpack", "onednn", "executorch", "tensorrt")
 
 # mode -> the QConfigMapping preset it implies
 _MODE_PRESET: dict[Mode, MappingPreset] = {"static": "static", "dynamic": "dynamic", "float16": "float16", "qat": "qat"}
 
 
-class _Spec(BaseModel):
+class SpecModel(BaseModel):
     """Frozen, closed, and hashable by content (dict fields included)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,69 +50,14 @@ class _Spec(BaseModel):
         return hash(self.model_dump_json())
 
 
-class PrepareCustomSpec(_Spec):
-    """``PrepareCustomConfig``: what prepare_fx must not trace, treat apart, or keep."""
+class SpecBase(SpecModel):
+    """How to quantize one model, the part every engine understands; an engine's spec adds its own fields.
 
-    non_traceable_module_names: tuple[str, ...] = Field(
-        default=(), description="Module paths FX calls as leaves without tracing into them (they stay float)."
-    )
-    non_traceable_module_classes: tuple[str, ...] = Field(
-        default=(), description="Module classes (dotted paths) FX does not trace into (they stay float)."
-    )
-    standalone_module_names: tuple[str, ...] = Field(
-        default=(),
-        description="Module paths prepared and converted as standalone units, with this spec's "
-        "qconfig mapping; their example inputs are captured from a forward of the whole model.",
-    )
-    standalone_module_classes: tuple[str, ...] = Field(
-        default=(), description="Module classes (dotted paths) handled as standalone units."
-    )
-    preserved_attributes: tuple[str, ...] = Field(
-        default=(), description="Attributes of the root module that survive prepare (and convert)."
-    )
-    float_to_observed: dict[QuantType, dict[str, str]] = Field(
-        default_factory=dict,
-        description="Custom modules: per quant type, float class path -> observed class path "
-        "(the observed class needs from_float).",
-    )
-
-    @model_validator(mode="after")
-    def _paths_resolve(self) -> PrepareCustomSpec:
-        resolve_all(self.non_traceable_module_classes)
-        resolve_all(self.standalone_module_classes)
-        for mapping in self.float_to_observed.values():
-            resolve_all(list(mapping) + list(mapping.values()))
-        return self
-
-
-class ConvertCustomSpec(_Spec):
-    """``ConvertCustomConfig``: custom observed → quantized modules and preserved attributes."""
-
-    observed_to_quantized: dict[QuantType, dict[str, str]] = Field(
-        default_factory=dict,
-        description="Per quant type, observed class path -> quantized class path (needs from_observed).",
-    )
-    preserved_attributes: tuple[str, ...] = Field(
-        default=(), description="Attributes of the root module that survive convert."
-    )
-
-    @model_validator(mode="after")
-    def _paths_resolve(self) -> ConvertCustomSpec:
-        for mapping in self.observed_to_quantized.values():
-            resolve_all(list(mapping) + list(mapping.values()))
-        return self
-
-
-class QuantSpec(_Spec):
-    """How to quantize one model: engine, backend, mode, and every convert_fx argument as data."""
+    Subclasses set ``engine`` to a one-value ``Literal`` (their registry name) with that value as default.
+    """
 
     version: Literal[1] = Field(default=1, description="Schema version of this spec.")
-    engine: Literal["fx", "pt2e"] = Field(
-        default="fx",
-        description="Quantization engine: fx (torch.ao FX graph mode: prepare_fx, convert_fx decomposed; ships "
-        "TorchScript) or pt2e (torch.export + torchao's prepare_pt2e/convert_pt2e with X86InductorQuantizer, "
-        "lowered by Inductor; ships an AOTInductor package; needs torchao, the pt2e extra).",
-    )
+    engine: str = Field(description="Quantization engine (quant.engines.registry lists them).")
     backend: Backend = Field(
         default="x86",
         description="Quantized engine the model targets; picks the default qconfigs "
@@ -131,13 +72,6 @@ class QuantSpec(_Spec):
     )
     calibration_batches: int = Field(
         default=8, ge=1, description="Number of calibration batches run through the observers (static)."
-    )
-    float_global_pool: bool = Field(
-        default=True,
-        description="static/qat: run global average pooling (AdaptiveAvgPool to size 1) and the flatten after it in "
-        "float, so the pooled features get their own observer: torch's backend configs make pooling share its "
-        "input's quantization step, far too coarse for the averaged values (ResNet-18 output SQNR +0.34 dB, as ORT's "
-        "QLinearGlobalAveragePool does); costs one dequantize/quantize pair.",
     )
     tracing: Literal["auto", "whole", "submodules"] = Field(
         default="auto",
@@ -160,33 +94,11 @@ class QuantSpec(_Spec):
         "kept float by dotted path ('torch.nn.Linear', 'torch.nn.functional.linear', "
         "'operator.add'), including the fused modules they start (LinearReLU, ...).",
     )
-    convert_qconfig_mapping: QConfigMappingSpec | None = Field(
-        default=None,
-        description="convert_fx qconfig_mapping: every prepare-time key with the same qconfig or "
-        "null (skip at convert), extra keys only with null. Default: none (use prepare's).",
-    )
-    prepare_custom: PrepareCustomSpec = Field(
-        default_factory=PrepareCustomSpec, description="prepare_fx prepare_custom_config."
-    )
-    convert_custom: ConvertCustomSpec = Field(
-        default_factory=ConvertCustomSpec, description="convert_fx convert_custom_config."
-    )
-    backend_config: str = Field(
-        default="native",
-        description="BackendConfig for prepare and convert: native (torch's default), x86, fbgemm, "
-        "qnnpack, onednn, executorch, tensorrt, or 'module:factory' for a custom one.",
-    )
     target: Literal["native", "reference"] = Field(
         default="native",
         description="What the stage ships: 'native' lowers to the backend's quantized ops; "
         "'reference' ships the reference quantized model (quantize/dequantize + reference "
         "modules) for compilers that consume it. The reference model is logged either way.",
-    )
-    keep_original_weights: bool = Field(
-        default=False, description="convert_fx keep_original_weights: keep float weights on lowered modules."
-    )
-    remove_qconfig: bool = Field(
-        default=True, description="convert_fx _remove_qconfig: drop qconfig attributes after convert."
     )
     strict_skips: bool = Field(
         default=False,
@@ -211,21 +123,8 @@ class QuantSpec(_Spec):
                 )
         return value
 
-    @field_validator("backend_config")
-    @classmethod
-    def _known_backend_config(cls, value: str) -> str:
-        if value in BACKEND_CONFIG_NAMES:
-            return value
-        if ":" not in value:
-            raise ValueError(
-                f"backend_config {value!r} is unknown; allowed: {', '.join(BACKEND_CONFIG_NAMES)}, "
-                f"or 'module:factory' returning a torch BackendConfig"
-            )
-        resolve_dotted(value)
-        return value
-
     @model_validator(mode="after")
-    def _consistent(self) -> QuantSpec:
+    def _preset_matches_mode(self) -> SpecBase:
         if self.qconfig_mapping is not None:
             allowed = {_MODE_PRESET[self.mode], "none"}
             if self.qconfig_mapping.preset not in allowed:
@@ -233,13 +132,16 @@ class QuantSpec(_Spec):
                     f"qconfig_mapping.preset {self.qconfig_mapping.preset!r} contradicts mode {self.mode!r}; "
                     f"use preset {_MODE_PRESET[self.mode]!r} (or 'none'), or change mode"
                 )
-        from quantstage.quant.engines import engine_for  # the engine checks what only it can build
-
-        try:
-            engine_for(self).check(self)
-        except SpecError as exc:
-            raise ValueError(str(exc)) from None
         return self
+
+    @model_serializer(mode="wrap")
+    def _keeps_its_engine(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """``engine`` is dumped even with ``exclude_defaults``: parsed again, a spec without it is the
+        default engine's, whatever engine it came from."""
+        data = handler(self)
+        if info.exclude_defaults and isinstance(data, dict) and "engine" not in data:
+            data = {"engine": self.engine, **data}
+        return data
 
     # -- the mappings as data (the engine builds the torch objects from them) ---------------
     def mapping_spec(self) -> QConfigMappingSpec:
@@ -254,22 +156,15 @@ class QuantSpec(_Spec):
         skips += [QConfigOverride(set="module_name", key=n, qconfig=None) for n in self.skip_modules]
         return skips
 
-    def convert_mapping_spec(self) -> QConfigMappingSpec | None:
-        """The convert-time mapping as data (skip shorthands appended), or None (use prepare's)."""
-        if self.convert_qconfig_mapping is None:
-            return None
-        base = self.convert_qconfig_mapping
-        return base.model_copy(update={"overrides": (*base.overrides, *self._skip_overrides())})
-
     # -- serialisation ------------------------------------------------------------------------
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
     @property
     def kernels(self) -> str:
-        """Whose int8 kernels run the model, for the machine-dependent defaults: the backend (fx), or
-        Inductor's oneDNN kernels (``"pt2e"``)."""
-        return "pt2e" if self.engine == "pt2e" else self.backend
+        """Whose int8 kernels run the model, for the machine-dependent defaults: the backend's here; an
+        engine whose kernels are not the backend's says whose (PT2E: ``"pt2e"``, Inductor's oneDNN)."""
+        return self.backend
 
     def resolved(self) -> dict[str, bool | int | str]:
         """The settings this spec leaves to the machine, as this machine resolves them: ``reduce_range``
@@ -315,15 +210,13 @@ class QuantSpec(_Spec):
         return params
 
 
-def load_spec(path: str | Path) -> QuantSpec:
-    """Load a QuantSpec from a ``.yaml``/``.yml``/``.json`` file, validated."""
-    data: Any = read_mapping(path, "spec file")
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The raw fields a ``.yaml``/``.yml``/``.json`` spec file holds (a lone ``spec:`` key unwrapped);
+    SpecError for a missing or unreadable file. ``quant.engines.registry.load_spec`` validates them."""
+    data = read_mapping(path, "spec file")
     if "spec" in data and len(data) == 1:
         data = data["spec"]
-    try:
-        return QuantSpec.model_validate(data or {})
-    except ValidationError as exc:
-        raise SpecError(f"spec file {str(path)!r} is invalid: {first_error(exc)}") from exc
+    return data or {}
 
 
 def first_error(exc: ValidationError) -> str:

@@ -3,10 +3,12 @@
 An engine turns a float model and a ``QuantSpec`` into a prepared (observed) model, a
 reference quantized model and a lowered one, and knows what only it can know about them:
 which layers ended quantized (coverage), how much each lost (sensitivity), which skips
-matched nothing, and how the lowered model ships (the deployable forms, saved and verified).
-``quant.quantize`` composes the steps and owns the whole/submodules decision; the FX engine
-(``quant.engines.fx``) ships TorchScript; ``quant.engines.pt2e`` (torch.export + torchao PT2E) ships
-AOTInductor packages.
+matched nothing, and how the lowered model ships: ``ship`` saves and verifies one form and says,
+as data (``quant.ship.Shipped``, ``quant.ship.ModelForm``), how MLflow logs and serves it; ``load``
+opens what it shipped again. ``quant.quantize`` composes the steps and owns the whole/submodules
+decision; the tasks log and load any engine's forms without knowing the engine. The FX engine
+(``quant.engines.fx``) ships TorchScript (a rebuild bundle when no TorchScript form reproduces the
+model); ``quant.engines.pt2e`` (torch.export + torchao PT2E) ships AOTInductor packages.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Batch
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
-from quantstage.quant.ship.variants import VariantResult
+from quantstage.quant.ship.shipped import Origin, Shipped
 
 __all__ = ["Engine", "Reference", "ShippedFile", "UnusedSkip"]
 
@@ -128,14 +130,21 @@ class Engine(Protocol):
 
     def ship(
         self,
-        lowered: nn.Module,
-        path: Path,
+        served: nn.Module,
+        folder: Path,
         verify_inputs: Sequence[tuple[Any, ...]],
         *,
+        origin: Origin | None = None,
         tolerance: float = 0.0,
         budget_s: float | None = None,
-    ) -> tuple[ShippedFile, list[VariantResult]]:
-        """Save the fastest deployable form that reproduces ``lowered`` (within ``tolerance``; forms timed
-        for at most ``budget_s`` seconds), load it
-        back and verify it; also return every form tried, as measured."""
+    ) -> Shipped:
+        """Save in ``folder`` the fastest deployable form that reproduces ``served`` (``quant.ship.served_form``;
+        within ``tolerance``; forms timed for at most ``budget_s`` seconds), load it back and verify it. An
+        engine with a fallback form ships it when none reproduces the model and ``origin`` says how the model
+        was made (the FX engine's rebuild bundle); else ArtifactError."""
+        ...
+
+    def load(self, folder: Path) -> nn.Module:
+        """The model ``ship`` saved in ``folder``, loaded again; ``folder`` may also be the logged model's folder
+        downloaded from MLflow (``ModelForm``: what was logged)."""
         ...

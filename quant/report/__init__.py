@@ -1,5 +1,19 @@
-"""Reporting: the Markdown conversion report and headless charts."""
+"""Reporting: the Markdown conversion report, its verdict texts, and headless charts."""
 
-from quantstage.quant.report.markdown import render_report, summary_rows
+from quantstage.quant.report.markdown import (
+    PENDING_PROMOTION,
+    render_report,
+    set_verdict,
+    summary_rows,
+    sweep_pending,
+    verdict_line,
+)
 
-__all__ = ["render_report", "summary_rows"]
+__all__ = [
+    "PENDING_PROMOTION",
+    "render_report",
+    "set_verdict",
+    "summary_rows",
+    "sweep_pending",
+    "verdict_line",
+]

@@ -6,16 +6,30 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the report reads what the other subpackages measured
-    from quantstage.quant.config.spec import QuantSpec
+    from quantstage.quant.engines.registry import QuantSpec
     from quantstage.quant.measure.benchmark import BenchmarkReport
     from quantstage.quant.measure.coverage import Coverage
     from quantstage.quant.measure.evaluate import AccuracyReport
     from quantstage.quant.measure.gates import GateResult
     from quantstage.quant.measure.sensitivity import LayerSensitivity
     from quantstage.quant.search.fallback import FallbackResult
-    from quantstage.quant.ship.variants import VariantResult
+    from quantstage.quant.ship.shipped import VariantResult
 
-__all__ = ["render_report", "set_verdict", "summary_rows", "verdict_line"]
+__all__ = [
+    "PENDING_PROMOTION",
+    "render_report",
+    "set_verdict",
+    "summary_rows",
+    "sweep_pending",
+    "verdict_line",
+]
+
+PENDING_PROMOTION = "promotion decided at registration"
+
+
+def sweep_pending(parent_run_id: str) -> str:
+    """The verdict of a sweep candidate's report until the sweep's ranking decides."""
+    return f"promotion decided by the sweep's ranking (parent run {parent_run_id})"
 
 
 def _pct(value: float | None) -> str:

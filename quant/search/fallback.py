@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.measure.evaluate import EvaluationSpec, evaluate
 from quantstage.quant.measure.gates import GatesConfig, check_gates
 from quantstage.quant.quantize import quantize

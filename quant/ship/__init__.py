@@ -1,22 +1,23 @@
-"""Shipping a quantized model: verified TorchScript or AOTInductor packages, the fastest correct form, rebuild
-bundles."""
+"""Shipping, engine-neutral: what an engine's ``ship`` returns (``Shipped``: the verified form, how MLflow logs
+and serves it as a ``ModelForm``, the forms tried as ``VariantResult``), the served model's call signature
+(``signature``) and TorchScript helpers (``jit``). Each engine's own forms live in its package
+(``quant.engines.fx``: TorchScript and rebuild bundles; ``quant.engines.pt2e``: AOTInductor packages)."""
 
-from quantstage.quant.ship.aoti import AotiArtifact, load_shipped, ship_package
-from quantstage.quant.ship.rebuild import rebuild, save_bundle
-from quantstage.quant.ship.torchscript import TorchScriptArtifact, export_torchscript, load_torchscript, to_torchscript
-from quantstage.quant.ship.variants import VariantResult, select_variant, torchscript_forms
+from quantstage.quant.ship.jit import jit_quiet, max_abs_diff, to_torchscript
+from quantstage.quant.ship.shipped import ModelForm, Origin, Shipped, VariantResult
+from quantstage.quant.ship.signature import CallSignature, call_signature, served_form, split_signature, with_signature
 
 __all__ = [
-    "AotiArtifact",
-    "TorchScriptArtifact",
+    "CallSignature",
+    "ModelForm",
+    "Origin",
+    "Shipped",
     "VariantResult",
-    "export_torchscript",
-    "load_shipped",
-    "load_torchscript",
-    "rebuild",
-    "save_bundle",
-    "select_variant",
-    "ship_package",
+    "call_signature",
+    "jit_quiet",
+    "max_abs_diff",
+    "served_form",
+    "split_signature",
     "to_torchscript",
-    "torchscript_forms",
+    "with_signature",
 ]

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.inputs import call
 from quantstage.quant.engines.base import Engine
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import QuantStageError, SpecError, TracingError, raised_by_quantstage
 from quantstage.quant.tracing.linear_like import with_linear_equivalents
 from quantstage.quant.tracing.reads import copyable_attributes, watch_reads

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.base import Engine
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import ConversionError, DataError, describe, raised_by_quantstage, stage_error
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.tracing.failures import blamed_parts, float_copy, locate, where

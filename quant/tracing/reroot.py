@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from quantstage.quant.config.qconfig import QConfigMappingSpec, QConfigName, QConfigOverride
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 
 __all__ = ["covers", "join", "kept_float_by_spec", "spec_for_submodule"]
 
@@ -88,38 +88,44 @@ def spec_for_submodule(spec: QuantSpec, path: str, submodule: nn.Module) -> Quan
     if not path:
         return spec
     names = [name for name, _ in submodule.named_modules()]
-    prepare_mapping = _reroot_mapping(spec.mapping_spec(), path, names)
+    update = {
+        "qconfig_mapping": _reroot_mapping(spec.mapping_spec(), path, names),  # the skips are in it already
+        "skip_object_types": (),
+        "skip_modules": _reroot_names(spec.skip_modules, path),
+    }
+    if isinstance(spec, FxSpec):
+        update |= _reroot_fx(spec, path, names)
+    return spec.model_copy(update=update)
+
+
+def _reroot_fx(spec: FxSpec, path: str, names: Sequence[str]) -> dict[str, object]:
+    """The FX engine's own module-name fields, re-rooted (see ``spec_for_submodule``)."""
     convert_spec = spec.convert_mapping_spec()
-    convert_mapping = None if convert_spec is None else _reroot_mapping(convert_spec, path, names)
     p = spec.prepare_custom
-    return spec.model_copy(
-        update={
-            "qconfig_mapping": prepare_mapping,  # the skips are in it already
-            "convert_qconfig_mapping": convert_mapping,
-            "skip_object_types": (),
-            "skip_modules": _reroot_names(spec.skip_modules, path),
-            "prepare_custom": p.model_copy(
-                update={
-                    "non_traceable_module_names": _reroot_names(p.non_traceable_module_names, path),
-                    "standalone_module_names": _reroot_names(p.standalone_module_names, path),
-                    "preserved_attributes": (),
-                }
-            ),
-            "convert_custom": spec.convert_custom.model_copy(update={"preserved_attributes": ()}),
-        }
-    )
+    return {
+        "convert_qconfig_mapping": None if convert_spec is None else _reroot_mapping(convert_spec, path, names),
+        "prepare_custom": p.model_copy(
+            update={
+                "non_traceable_module_names": _reroot_names(p.non_traceable_module_names, path),
+                "standalone_module_names": _reroot_names(p.standalone_module_names, path),
+                "preserved_attributes": (),
+            }
+        ),
+        "convert_custom": spec.convert_custom.model_copy(update={"preserved_attributes": ()}),
+    }
 
 
 def kept_float_by_spec(spec: QuantSpec, path: str) -> str | None:
     """Why the spec keeps the whole module at ``path`` float, or None."""
     if not path:
         return None
-    for name in spec.prepare_custom.non_traceable_module_names:
+    fx = spec if isinstance(spec, FxSpec) else None
+    for name in fx.prepare_custom.non_traceable_module_names if fx else ():
         if covers(name, path):
             return f"kept float by spec: prepare_custom.non_traceable_module_names has {name!r}"
     mappings = [("qconfig_mapping", spec.mapping_spec())]
-    if spec.convert_qconfig_mapping is not None:
-        mappings.append(("convert_qconfig_mapping", spec.convert_qconfig_mapping))
+    if fx is not None and fx.convert_qconfig_mapping is not None:
+        mappings.append(("convert_qconfig_mapping", fx.convert_qconfig_mapping))
     for where, mapping in mappings:
         found, qconfig = _qconfig_over(mapping, path)
         if found and qconfig is None:

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from quantstage.quant.config.dotted import resolve_dotted
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.base import Engine
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import SpecError
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.tracing.failures import float_copy

@@ -390,26 +390,26 @@ def test_an_unwritable_store_fails(capsys, prefect_harness: None, tracking_uri: 
 
 
 def test_the_convert_fx_drop_in_checks_the_convert_time_mapping() -> None:
-    from quantstage.quant import QuantSpec, convert, prepare
+    from quantstage.quant import FxSpec, convert, prepare
     from quantstage.quant.engines.fx import _torch as _fx
     from quantstage.quant.errors import SpecError
     from tests.models import SmallCNN
 
-    prepared = prepare(SmallCNN().eval(), (torch.rand(2, 1, 8, 8),), QuantSpec())
+    prepared = prepare(SmallCNN().eval(), (torch.rand(2, 1, 8, 8),), FxSpec())
     changed = _fx.QConfigMapping().set_global(_fx.ao_quantization.default_qconfig)
     with pytest.raises(SpecError, match=r"convert-time qconfig_mapping changes the global qconfig"):
         convert(prepared, qconfig_mapping=changed)
 
 
 def test_quantize_refuses_non_finite_and_missing_inputs() -> None:
-    from quantstage.quant import QuantSpec, quantize
+    from quantstage.quant import FxSpec, quantize
     from quantstage.quant.errors import DataError
     from tests.models import SmallCNN
 
     with pytest.raises(DataError, match=r"quantize needs example_inputs or calibration batches"):
-        quantize(SmallCNN().eval(), QuantSpec(), [])
+        quantize(SmallCNN().eval(), FxSpec(), [])
     with pytest.raises(DataError, match=r"static mode got no calibration batches"):
-        quantize(SmallCNN().eval(), QuantSpec(), [], example_inputs=(torch.rand(2, 1, 8, 8),))
+        quantize(SmallCNN().eval(), FxSpec(), [], example_inputs=(torch.rand(2, 1, 8, 8),))
 
 
 @pytest.mark.parametrize("delay_s", [0.4, 1.5, 4.0])

@@ -141,14 +141,14 @@ def test_qat_checkpoint_converts_without_calibration(converted, tmp_path) -> Non
     """A model QAT-trained elsewhere (prepare_qat_fx + fine-tuning) is converted from its checkpoint."""
 
     from quantstage.demo import train_classifier
-    from quantstage.quant.config.spec import QuantSpec
     from quantstage.quant.data.sources import digits_split
+    from quantstage.quant.engines import FxSpec
     from quantstage.quant.engines.fx.prepare import prepare
     from quantstage.quant.engines.fx.qat import save_qat_checkpoint
 
     float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
     x_train, y_train, _, _ = digits_split()
-    spec = QuantSpec(mode="qat", backend="qnnpack")
+    spec = FxSpec(mode="qat", backend="qnnpack")
     prepared = prepare(float_model, (x_train[:8],), spec)
     train_classifier(prepared, x_train, y_train, epochs=1, lr=1e-4)  # QAT fine-tuning
     checkpoint = save_qat_checkpoint(prepared, spec, tmp_path / "qat.pt")
@@ -171,21 +171,21 @@ def test_qat_checkpoint_converts_without_calibration(converted, tmp_path) -> Non
 
 
 def test_qat_checkpoint_with_conflicting_spec_is_refused(converted, tmp_path) -> None:
-    from quantstage.quant.config.spec import QuantSpec
     from quantstage.quant.data.sources import digits_split
+    from quantstage.quant.engines import FxSpec
     from quantstage.quant.engines.fx.prepare import prepare
     from quantstage.quant.engines.fx.qat import save_qat_checkpoint
     from quantstage.quant.errors import SpecError
 
     float_model = mlflow.pytorch.load_model("models:/digits-cnn@champion")
     x_train, _, _, _ = digits_split()
-    spec = QuantSpec(mode="qat")
+    spec = FxSpec(mode="qat")
     checkpoint = save_qat_checkpoint(prepare(float_model, (x_train[:8],), spec), spec, tmp_path / "qat.pt")
     state = convert_flow(
         ConvertParams(
             model_uri="models:/digits-cnn@champion",
             qat_checkpoint=str(checkpoint),
-            spec=QuantSpec(backend="fbgemm"),
+            spec=FxSpec(backend="fbgemm"),
             benchmark_iterations=5,
         ),
         return_state=True,

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from quantstage.flows.convert import ConvertParams, GateFailure, convert_flow
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import Pt2eSpec, parse_spec
 from quantstage.quant.measure.gates import GatesConfig
 from quantstage.quant.search.fallback import FallbackConfig
 from tests.helpers import register
@@ -48,7 +48,7 @@ def test_fallback_keeps_the_sensitive_layer_float(sensitive_uri: str) -> None:
     assert any(t.data.params["float_layers"] == "layers.3" and t.data.metrics["passed"] == 1.0 for t in trials)
     # the chosen spec is a plain file that reproduces the result without searching
     chosen = yaml.safe_load(open(client.download_artifacts(result.run_id, "fallback/spec.yaml")).read())
-    spec = QuantSpec.model_validate(chosen)
+    spec = parse_spec(chosen)
     assert spec.skip_modules == ("layers.3",)
     replay = convert_flow(_params(sensitive_uri, registered_name="sensitive-replay", spec=spec))
     assert replay.promoted and replay.metrics["int8_accuracy"] == result.metrics["int8_accuracy"]
@@ -78,9 +78,7 @@ def test_pt2e_fallback_keeps_the_sensitive_layer_float(sensitive_uri: str) -> No
     """The same search on the PT2E engine: torchao's numeric debugger ranks the layers and the trials
     skip them with set_module_name_qconfig(name, None)."""
     fallback = FallbackConfig(enabled=True, max_float_layers=2, max_evaluations=4)
-    result = convert_flow(
-        _params(sensitive_uri, registered_name="sensitive-pt2e", fallback=fallback, spec=QuantSpec(engine="pt2e"))
-    )
+    result = convert_flow(_params(sensitive_uri, registered_name="sensitive-pt2e", fallback=fallback, spec=Pt2eSpec()))
     assert result.promoted and result.float_layers == ["layers.3"]
     assert result.metrics["float_accuracy"] - result.metrics["int8_accuracy"] <= 0.02
     run = mlflow.MlflowClient().get_run(result.run_id)

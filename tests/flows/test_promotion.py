@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from quantstage.flows.convert import ConvertParams, convert_flow
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 
 pytestmark = pytest.mark.flow
 
@@ -85,7 +85,7 @@ def test_worse_conversion_leaves_alias(first) -> None:
     holder = client.get_model_version_by_alias(NAME, "champion")
     # the holder's run claims better accuracy than any int8 model can reach on this data
     client.log_metric(holder.tags["mlflow_run_id"], "int8_accuracy", 1.5, step=99)
-    worse = QuantSpec(
+    worse = FxSpec(
         qconfig_mapping={"preset": "static", "observers": {"activation": "minmax", "weight": "per_tensor"}},
         calibration_batches=1,
     )

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from quantstage.flows.convert import ConvertParams, convert_flow
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 
 pytestmark = pytest.mark.flow
 
@@ -30,7 +30,7 @@ def _runs(experiment: str = "quantstage") -> list:
 
 
 def test_a_failed_conversion_leaves_its_run_failed_with_the_reason(digits_source: str) -> None:
-    params = _params("digits-cnn-failing", spec=QuantSpec(skip_modules=("head.nope",), strict_skips=True))
+    params = _params("digits-cnn-failing", spec=FxSpec(skip_modules=("head.nope",), strict_skips=True))
     state = convert_flow(params, return_state=True)
     assert state.is_failed()
     run = next(r for r in _runs() if r.data.tags.get("mlflow.runName", "").startswith("digits-cnn-failing from"))

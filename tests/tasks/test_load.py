@@ -10,8 +10,8 @@ import torch
 
 from quantstage.quant.data.sources import DataSpec
 from quantstage.quant.errors import DataError, SourceError
-from quantstage.quant.ship.torchscript import jit_quiet
-from quantstage.tasks.load import load_data, load_model, resolve_model_uri
+from quantstage.quant.ship.jit import jit_quiet
+from quantstage.tasks.load import load_dataset, load_model, resolve_model_uri
 from tests.helpers import register
 from tests.models import Flat100
 
@@ -54,6 +54,6 @@ def test_load_model_returns_lineage(mlflow_store: str) -> None:
     assert source.run_id == mlflow.MlflowClient().get_model_version("lineage-source", "1").run_id
 
 
-def test_load_data_checks_fit() -> None:
+def test_load_dataset_checks_fit() -> None:
     with pytest.raises(DataError, match=r"data batch of shape \(16, 1, 8, 8\) does not fit Flat100\.forward"):
-        load_data.fn(DataSpec(batch_size=16), Flat100())
+        load_dataset.fn(DataSpec(batch_size=16), Flat100())

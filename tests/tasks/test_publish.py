@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from quantstage.tasks.publish import PublishRequest, publish
+from quantstage.tasks.publish import PublishRequest, publish_model
 from tests.models import Flat100
 
 pytestmark = pytest.mark.flow
@@ -42,12 +42,12 @@ def test_concurrent_publishers_leave_the_alias_on_the_best(mlflow_store: str, pr
     """Both newcomers beat the holder; the holder comparison runs inside the registry lock, so the
     second to register compares with the first and the alias ends on the better one, whatever the order."""
     holder = _logged(0.90)
-    assert publish.fn(_request(*holder, 0.90, "k-holder")).promoted
+    assert publish_model.fn(_request(*holder, 0.90, "k-holder")).promoted
     better, best = _logged(0.92), _logged(0.95)
     results = {}
 
     def run(label: str, logged: tuple[str, str], accuracy: float) -> None:
-        results[label] = publish.fn(_request(*logged, accuracy, f"k-{label}"))
+        results[label] = publish_model.fn(_request(*logged, accuracy, f"k-{label}"))
 
     threads = [threading.Thread(target=run, args=a) for a in (("better", better, 0.92), ("best", best, 0.95))]
     for t in threads:
@@ -66,10 +66,10 @@ def test_concurrent_publishers_leave_the_alias_on_the_best(mlflow_store: str, pr
 def test_a_retry_completes_its_own_registration(mlflow_store: str, prefect_harness: None) -> None:
     """Publishing the same run twice (a retry after a transient failure) registers one version."""
     logged = _logged(0.5)
-    first = publish.fn(_request(*logged, 0.5, "k-retry"))
-    again = publish.fn(_request(*logged, 0.5, "k-retry"))
+    first = publish_model.fn(_request(*logged, 0.5, "k-retry"))
+    again = publish_model.fn(_request(*logged, 0.5, "k-retry"))
     assert again.version == first.version and again.duplicate_of is None
-    other = publish.fn(_request(*_logged(0.5), 0.5, "k-retry"))  # another run, same key: a duplicate
+    other = publish_model.fn(_request(*_logged(0.5), 0.5, "k-retry"))  # another run, same key: a duplicate
     assert other.version is None and other.duplicate_of == first.version
 
 
@@ -81,12 +81,12 @@ def test_a_failure_mid_publication_withdraws_the_version(
     untagged version, the alias back on its holder, and no empty registered model."""
     import sys
 
-    publishing = sys.modules[publish.fn.__module__]
+    publishing = sys.modules[publish_model.fn.__module__]
     name = f"withdraw-{fresh_model}-int8"
     client = mlflow.MlflowClient()
     holder = None
     if not fresh_model:
-        holder = publish.fn(_request(*_logged(0.5), 0.5, "k-holder").model_copy(update={"name": name})).version
+        holder = publish_model.fn(_request(*_logged(0.5), 0.5, "k-holder").model_copy(update={"name": name})).version
 
     def broken_tag(*args: object, **kwargs: object) -> None:
         raise RuntimeError("store went away while tagging")
@@ -94,7 +94,7 @@ def test_a_failure_mid_publication_withdraws_the_version(
     monkeypatch.setattr(publishing, "tag_version", broken_tag)
     request = _request(*_logged(0.9), 0.9, "k-new").model_copy(update={"name": name})
     with pytest.raises(RuntimeError, match="tagging"):
-        publish.fn(request)
+        publish_model.fn(request)
     versions = client.search_model_versions(f"name = '{name}'")
     if fresh_model:
         assert versions == [] and not client.search_registered_models(f"name = '{name}'")
@@ -102,5 +102,5 @@ def test_a_failure_mid_publication_withdraws_the_version(
         assert [str(v.version) for v in versions] == [holder]
         assert str(client.get_model_version_by_alias(name, "champion").version) == holder
     monkeypatch.undo()  # the rerun completes it: one new version, promoted
-    done = publish.fn(request)
+    done = publish_model.fn(request)
     assert done.promoted and len(client.search_model_versions(f"name = '{name}'")) == (1 if fresh_model else 2)

@@ -9,7 +9,7 @@ import pytest
 from mlflow.entities.webhook import WebhookEvent
 from mlflow.webhooks.types import get_example_payload_for_event
 
-from quantstage.quant import QuantSpec
+from quantstage.quant import FxSpec
 from quantstage.tasks.record import lineage
 from quantstage.webhook.config import OWN_TAGS, WebhookConfig, config_from_env
 from quantstage.webhook.filters import decide, parse
@@ -41,7 +41,7 @@ def test_quantstage_never_converts_its_own_versions() -> None:
         source_name="m",
         source_version="1",
         source_run_id="r",
-        spec=QuantSpec(),
+        spec=FxSpec(),
         passed=True,
         run_id="r2",
         flow_run_id="f",

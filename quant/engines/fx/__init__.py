@@ -4,7 +4,8 @@ Every ``torch.ao`` / ``torch.fx`` import of quantstage lives in this package; ``
 implements ``quant.engines.Engine`` on top of its modules:
 
 - ``_torch``: the torch.ao imports and the narrow warning filters around them;
-- ``configs``: QConfigMapping, BackendConfig and custom configs built from a QuantSpec;
+- ``spec``: ``FxSpec``, the spec this engine reads (no torch.ao import: parsing a spec stays light);
+- ``configs``: QConfigMapping, BackendConfig and custom configs built from an ``FxSpec``;
 - ``prepare``: prepare_fx / prepare_qat_fx with tracing errors that name the module;
 - ``convert``: reference_convert, lower and the convert_fx drop-in ``convert``;
 - ``dynamic``: 8-bit activations for lowered dynamic Linear layers (torch hard-codes 7);

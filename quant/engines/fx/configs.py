@@ -15,9 +15,10 @@ import torch
 
 from quantstage.quant.config.dotted import resolve_dotted
 from quantstage.quant.config.qconfig import ObserverSpec, QConfigMappingSpec, QConfigOverride
-from quantstage.quant.config.spec import BACKEND_CONFIG_NAMES, QuantSpec
-from quantstage.quant.config.spec import QuantType as QuantTypeName
 from quantstage.quant.engines.fx import _torch as _fx
+from quantstage.quant.engines.fx.spec import BACKEND_CONFIG_NAMES, fx_spec
+from quantstage.quant.engines.fx.spec import QuantType as QuantTypeName
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import SpecError
 from quantstage.quant.hardware import default_reduce_range
 
@@ -188,7 +189,7 @@ def qconfig_mapping(spec: QuantSpec) -> Any:
 
 def convert_qconfig_mapping(spec: QuantSpec) -> Any | None:
     """The convert-time QConfigMapping for convert_fx, or None (use prepare's)."""
-    convert_spec = spec.convert_mapping_spec()
+    convert_spec = fx_spec(spec).convert_mapping_spec()
     if convert_spec is None:
         return None
     mapping = build_mapping(convert_spec, spec.backend)
@@ -198,12 +199,13 @@ def convert_qconfig_mapping(spec: QuantSpec) -> Any | None:
 
 def backend_config(spec: QuantSpec) -> Any:
     """The torch BackendConfig named by ``spec.backend_config``."""
-    if spec.backend_config in BACKEND_CONFIG_NAMES:
-        return _fx.backend_config_for(spec.backend_config)
-    config = resolve_dotted(spec.backend_config)()
+    name = fx_spec(spec).backend_config
+    if name in BACKEND_CONFIG_NAMES:
+        return _fx.backend_config_for(name)
+    config = resolve_dotted(name)()
     if not isinstance(config, _fx.BackendConfig):
         raise SpecError(
-            f"backend_config factory {spec.backend_config!r} returned {type(config).__name__}, "
+            f"backend_config factory {name!r} returned {type(config).__name__}, "
             f"not a torch BackendConfig; fix: return torch.ao.quantization.backend_config.BackendConfig"
         )
     return config
@@ -211,7 +213,7 @@ def backend_config(spec: QuantSpec) -> Any:
 
 def prepare_custom_config(spec: QuantSpec) -> Any:
     """The PrepareCustomConfig (standalone modules also need example inputs: see ``prepare``)."""
-    p = spec.prepare_custom
+    p = fx_spec(spec).prepare_custom
     config = _fx.PrepareCustomConfig()
     # Skipped modules are left untraced too: a submodule FX cannot trace can be skipped.
     untraced = list(dict.fromkeys([*p.non_traceable_module_names, *spec.skip_modules]))
@@ -225,7 +227,7 @@ def prepare_custom_config(spec: QuantSpec) -> Any:
 
 def convert_custom_config(spec: QuantSpec) -> Any:
     """The ConvertCustomConfig for convert_fx."""
-    c = spec.convert_custom
+    c = fx_spec(spec).convert_custom
     config = _fx.ConvertCustomConfig()
     config.set_preserved_attributes(list(c.preserved_attributes))
     for observed_cls, quantized_cls, quant_type in _class_pairs(c.observed_to_quantized):
@@ -244,10 +246,11 @@ def reference_convert_kwargs(spec: QuantSpec) -> dict[str, Any]:
 
 def lower_kwargs(spec: QuantSpec) -> dict[str, Any]:
     """Keyword arguments of ``lower`` for this spec."""
+    fx = fx_spec(spec)
     return {
-        "keep_original_weights": spec.keep_original_weights,
-        "remove_qconfig": spec.remove_qconfig,
-        "target": spec.target,
+        "keep_original_weights": fx.keep_original_weights,
+        "remove_qconfig": fx.remove_qconfig,
+        "target": fx.target,
     }
 
 
@@ -371,7 +374,7 @@ def check_convert_mapping(prepare_mapping: Any, convert_mapping: Any) -> None:
 
 
 def check_spec(spec: QuantSpec) -> None:
-    """What the FX engine checks of a spec before any work: the convert-time mapping rule."""
-    if spec.convert_qconfig_mapping is not None:
+    """What the FX engine checks of a spec before any work: the convert-time mapping rule (it needs torch.ao)."""
+    if fx_spec(spec).convert_qconfig_mapping is not None:
         mapping = convert_qconfig_mapping(spec)
         check_convert_mapping(qconfig_mapping(spec), mapping)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 from torch import nn
 from torch.fx import GraphModule
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Batch
 from quantstage.quant.engines.base import Reference, UnusedSkip
 from quantstage.quant.engines.fx import configs
@@ -21,13 +19,21 @@ from quantstage.quant.engines.fx.embedding import embedding_weight_only
 from quantstage.quant.engines.fx.prepare import degenerate_ranges, prepare
 from quantstage.quant.engines.fx.qat import load_qat_checkpoint, save_qat_checkpoint
 from quantstage.quant.engines.fx.sensitivity import layer_sensitivity
+from quantstage.quant.engines.fx.ship import (
+    BUNDLE_FOLDER,
+    TORCHSCRIPT_FILE,
+    load_shipped,
+    ship_bundle,
+    ship_torchscript,
+    shipped_torchscript,
+)
 from quantstage.quant.engines.fx.skips import check_skips, find_unused_skips
+from quantstage.quant.engines.fx.torchscript import TorchScriptArtifact, export_torchscript
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import ArtifactError, ConversionError
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
-from quantstage.quant.ship.signature import check_patterns, named_forms, split_signature
-from quantstage.quant.ship.torchscript import TorchScriptArtifact, export_torchscript
-from quantstage.quant.ship.variants import VariantResult, select_variant, torchscript_forms
+from quantstage.quant.ship.shipped import Origin, Shipped
 
 __all__ = [
     "FX_ENGINE",
@@ -45,8 +51,6 @@ __all__ = [
     "reference_convert",
     "save_qat_checkpoint",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def _graph_module(model: nn.Module, what: str) -> GraphModule:
@@ -72,6 +76,7 @@ class FxEngine:
     supports_submodules = True
 
     def check(self, spec: QuantSpec) -> None:
+        """The convert-time mapping rule, which needs torch.ao (``FxSpec`` validated the rest)."""
         configs.check_spec(spec)
 
     def prepare(self, model: nn.Module, example_args: tuple[Any, ...], spec: QuantSpec) -> nn.Module:
@@ -123,32 +128,28 @@ class FxEngine:
 
     def ship(
         self,
-        lowered: nn.Module,
-        path: Path,
+        served: nn.Module,
+        folder: Path,
         verify_inputs: Sequence[tuple[Any, ...]],
         *,
+        origin: Origin | None = None,
         tolerance: float = 0.0,
         budget_s: float | None = None,
-    ) -> tuple[TorchScriptArtifact, list[VariantResult]]:
-        served, signature = split_signature(lowered)  # a signature: ship forward with the float model's names
-        if signature is not None:
-            forms, patterns = named_forms(served, signature, verify_inputs, tolerance)
-            try:
-                method, module, variants = select_variant(
-                    served, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
-                )
-            except ArtifactError as exc:  # not even with the names: positional TorchScript, as before
-                logger.warning("no named TorchScript forward (%s); shipping positional arguments", exc)
-                signature = None
-        if signature is None:
-            forms = torchscript_forms(served, verify_inputs[0])
-            method, module, variants = select_variant(
-                served, verify_inputs, forms=forms, tolerance=tolerance, budget_s=budget_s
+    ) -> Shipped:
+        """The fastest TorchScript form (``quant.engines.fx.ship``); a rebuild bundle when none reproduces the
+        model and ``origin`` is given."""
+        try:
+            artifact, variants = ship_torchscript(
+                served, folder / TORCHSCRIPT_FILE, verify_inputs, tolerance=tolerance, budget_s=budget_s
             )
-        artifact = export_torchscript(module, path, verify_inputs, reference=served, tolerance=tolerance, method=method)
-        if signature is not None:  # the saved file, loaded back, on every pattern it serves
-            check_patterns(artifact.module, served, signature.names, patterns(), verify_inputs, tolerance)
-        return artifact, variants
+        except ArtifactError as exc:
+            if origin is None:
+                raise
+            return ship_bundle(served, folder / BUNDLE_FOLDER, verify_inputs, origin, why=str(exc))
+        return shipped_torchscript(artifact, variants)
+
+    def load(self, folder: Path) -> nn.Module:
+        return load_shipped(folder)
 
 
 FX_ENGINE = FxEngine()

@@ -11,9 +11,10 @@ import torch
 from torch.fx import GraphModule
 
 from quantstage.quant.config.dotted import resolve_dotted
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs
+from quantstage.quant.engines.fx.spec import FxSpec, fx_spec
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import SpecError, TracingError, raised_by_quantstage, stage_error
 
 __all__ = ["degenerate_ranges", "prepare"]
@@ -74,7 +75,7 @@ def _standalone_inputs(
     return captured
 
 
-def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: QuantSpec) -> Any:
+def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: FxSpec) -> Any:
     config = configs.prepare_custom_config(spec)
     p = spec.prepare_custom
     if not (p.standalone_module_names or p.standalone_module_classes):
@@ -97,7 +98,7 @@ def _prepare_custom_config(model: torch.nn.Module, example_inputs: tuple[Any, ..
 _POOLS = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d)
 
 
-def _global_pools(model: torch.nn.Module, spec: QuantSpec) -> list[str]:
+def _global_pools(model: torch.nn.Module, spec: FxSpec) -> list[str]:
     """Global average pooling modules that ``float_global_pool`` keeps float (static/qat modes,
     no explicit convert-time mapping, not skipped already by the spec's own mapping)."""
     if not spec.float_global_pool or spec.mode not in ("static", "qat") or spec.convert_qconfig_mapping is not None:
@@ -115,6 +116,7 @@ def prepare(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: Quant
 
     ``prepare_fx`` in eval mode, or ``prepare_qat_fx`` in train mode when ``spec.mode`` is qat.
     """
+    spec = fx_spec(spec)
     qat = spec.mode == "qat"
     float_model = copy.deepcopy(model).train(qat)
     mapping = configs.qconfig_mapping(spec)
@@ -150,7 +152,7 @@ def prepare(model: torch.nn.Module, example_inputs: tuple[Any, ...], spec: Quant
         raise _prepare_error(model, spec, exc) from exc
 
 
-def _prepare_error(model: torch.nn.Module, spec: QuantSpec, exc: Exception) -> TracingError:
+def _prepare_error(model: torch.nn.Module, spec: FxSpec, exc: Exception) -> TracingError:
     """The one-line TracingError for ``prepare_fx`` failing on ``model``: where tracing fails, or
     (when plain tracing works) that preparing failed, with the fix."""
     leaves = [*spec.skip_modules, *spec.prepare_custom.non_traceable_module_names]

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.fx.prepare import prepare
+from quantstage.quant.engines.registry import QuantSpec, parse_spec_json
 from quantstage.quant.errors import SpecError
 
 __all__ = ["CHECKPOINT_FORMAT", "load_qat_checkpoint", "save_qat_checkpoint"]
@@ -59,7 +59,7 @@ def load_qat_checkpoint(
             f"{str(path)!r} is not a quantstage QAT checkpoint (format {found!r}, expected "
             f"{CHECKPOINT_FORMAT!r}); write it with quantstage.quant.save_qat_checkpoint"
         )
-    spec = QuantSpec.model_validate_json(data["spec"])
+    spec = parse_spec_json(data["spec"])
     prepared = prepare(float_model, example_inputs, spec)
     try:
         result = prepared.load_state_dict(data["state_dict"], strict=False)

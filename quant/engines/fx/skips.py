@@ -45,8 +45,9 @@ from torch.fx import GraphModule
 
 from quantstage.quant.config.dotted import resolve_dotted
 from quantstage.quant.config.qconfig import QConfigOverride
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.base import UnusedSkip
+from quantstage.quant.engines.fx.spec import fx_spec
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import SpecError
 
 __all__ = ["check_skips", "find_unused_skips"]
@@ -325,8 +326,9 @@ def _check_order(override: QConfigOverride, t: _Traced, label: str) -> str | Non
 def _skips(spec: QuantSpec) -> list[tuple[str, QConfigOverride]]:
     found: dict[tuple[Any, ...], tuple[str, QConfigOverride]] = {}
     sources = [("skip", spec.mapping_spec())]
-    if spec.convert_qconfig_mapping is not None:
-        sources.append(("convert-time skip", spec.convert_qconfig_mapping))
+    convert_mapping = fx_spec(spec).convert_qconfig_mapping
+    if convert_mapping is not None:
+        sources.append(("convert-time skip", convert_mapping))
     for label, mapping in sources:
         for override in mapping.overrides:
             if override.qconfig is None and override.set in _SKIP_KINDS:

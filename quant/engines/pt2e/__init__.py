@@ -5,7 +5,8 @@ Every torchao import of quantstage lives in this package; ``Pt2eEngine`` impleme
 ``quant.engines.Engine`` on top of its modules:
 
 - ``_torchao``: the torchao imports (one error when it is missing);
-- ``quantizer``: the QuantSpec as an X86InductorQuantizer, and the fields PT2E refuses;
+- ``spec``: ``Pt2eSpec``, the spec this engine reads, refusing what only FX understands (no torchao import);
+- ``quantizer``: the spec as an X86InductorQuantizer, and what only torchao can refuse (the engine's check);
 - ``capture``: torch.export with a dynamic batch dimension, errors that name the construct;
 - ``convert``: prepare (export + prepare_pt2e), reference (convert_pt2e);
 - ``package``: the Inductor lowering into an AOTInductor package, checked against the reference;

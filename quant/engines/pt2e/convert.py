@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.engines.pt2e._torchao import pt2e_quiet, torchao
 from quantstage.quant.engines.pt2e.capture import (
     Bound,
@@ -27,6 +26,7 @@ from quantstage.quant.engines.pt2e.capture import (
 )
 from quantstage.quant.engines.pt2e.quantizer import build_quantizer
 from quantstage.quant.engines.pt2e.stages import stage
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import ConversionError
 
 __all__ = ["Pt2ePrepared", "Pt2eReference", "degenerate_ranges", "prepare", "reference"]

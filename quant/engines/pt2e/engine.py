@@ -9,23 +9,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.outputs import OutputOf
 from quantstage.quant.data.sources import Batch
 from quantstage.quant.engines.base import Reference, UnusedSkip
 from quantstage.quant.engines.pt2e._torchao import pt2e_quiet
+from quantstage.quant.engines.pt2e.aoti import (
+    PACKAGE_FILE,
+    ProgramArtifact,
+    load_package,
+    save_program,
+    ship_package,
+    shipped_package,
+)
 from quantstage.quant.engines.pt2e.convert import Pt2ePrepared, Pt2eReference, degenerate_ranges, prepare, reference
 from quantstage.quant.engines.pt2e.coverage import coverage_report
 from quantstage.quant.engines.pt2e.package import AotiModule, lower_to_package
 from quantstage.quant.engines.pt2e.quantizer import check_spec
 from quantstage.quant.engines.pt2e.sensitivity import layer_sensitivity
 from quantstage.quant.engines.pt2e.stages import stage
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import ConversionError, SpecError
 from quantstage.quant.measure.coverage import CoverageReport
 from quantstage.quant.measure.sensitivity import LayerSensitivity
-from quantstage.quant.ship.aoti import AotiArtifact, ProgramArtifact, save_program, ship_package
+from quantstage.quant.ship.shipped import Origin, Shipped
 from quantstage.quant.ship.signature import split_signature
-from quantstage.quant.ship.variants import VariantResult
 
 __all__ = ["PT2E_ENGINE", "AotiModule", "Pt2eEngine", "Pt2ePrepared", "Pt2eReference"]
 
@@ -60,6 +67,7 @@ class Pt2eEngine:
     supports_submodules = False
 
     def check(self, spec: QuantSpec) -> None:
+        """The object types X86InductorQuantizer can configure, which needs torchao (``Pt2eSpec`` validated the rest)."""
         check_spec(spec)
 
     def prepare(self, model: nn.Module, example_args: tuple[Any, ...], spec: QuantSpec) -> nn.Module:
@@ -141,17 +149,18 @@ class Pt2eEngine:
 
     def ship(
         self,
-        lowered: nn.Module,
-        path: Path,
+        served: nn.Module,
+        folder: Path,
         verify_inputs: Sequence[tuple[Any, ...]],
         *,
+        origin: Origin | None = None,
         tolerance: float = 0.0,
         budget_s: float | None = None,
-    ) -> tuple[AotiArtifact, list[VariantResult]]:
-        """The lowered package, copied to ``path`` (``.pt2``), loaded back and verified. A model served
-        through an output key (``OutputOf``) is compiled again with the key applied, so the package
-        returns the tensor users compare."""
-        lowered, _ = split_signature(lowered)  # the package takes forward's names as keywords already
+    ) -> Shipped:
+        """The lowered package, copied into ``folder``, loaded back and verified (no fallback form: ``origin`` is
+        not needed). A model served through an output key (``OutputOf``) is compiled again with the key applied,
+        so the package returns the tensor users compare."""
+        lowered, _ = split_signature(served)  # the package takes forward's names as keywords already
         with stage("ship", _model_name(lowered)):
             if isinstance(lowered, OutputOf):
                 inner = _aoti(lowered.model, "ship")
@@ -159,9 +168,13 @@ class Pt2eEngine:
                     OutputOf(inner.reference, lowered.key), inner.names, inner.example_args, inner.dynamic_shapes
                 )
             aoti = _aoti(lowered, "ship")
-            artifact = ship_package(aoti.path, path, aoti, verify_inputs, tolerance=tolerance, compile_s=aoti.compile_s)
-        variant = VariantResult("aoti_package", None, artifact.max_abs_diff, True, True)
-        return artifact, [variant]
+            artifact = ship_package(
+                aoti.path, folder / PACKAGE_FILE, aoti, verify_inputs, tolerance=tolerance, compile_s=aoti.compile_s
+            )
+        return shipped_package(artifact)
+
+    def load(self, folder: Path) -> nn.Module:
+        return load_package(folder)
 
 
 PT2E_ENGINE = Pt2eEngine()

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from quantstage.quant.engines.pt2e._torchao import pt2e_quiet, torchao
+from quantstage.quant.engines.pt2e.aoti import LoadedPackage
 from quantstage.quant.engines.pt2e.capture import Bound
 from quantstage.quant.errors import ConversionError, DataError
-from quantstage.quant.ship.aoti import LoadedPackage
 from quantstage.quant.ship.signature import named_module
 
 __all__ = ["PORTABLE_MARCH", "AotiModule", "compile_package", "lower_to_package", "portable_target"]

@@ -1,4 +1,4 @@
-"""A QuantSpec as torchao's ``X86InductorQuantizer``, and what a spec may ask of the PT2E engine.
+"""A ``Pt2eSpec`` as torchao's ``X86InductorQuantizer``, and what only torchao can say of a spec.
 
 The spec fields mean the same as for FX where PT2E has the same notion:
 
@@ -13,9 +13,9 @@ The spec fields mean the same as for FX where PT2E has the same notion:
 - ``skip_modules`` / ``skip_object_types`` → ``set_module_name_qconfig(name, None)`` /
   ``set_module_type_qconfig(type, None)``.
 
-Everything else that only FX understands (``backend_config``, custom module configs, the
-convert-time mapping, ``keep_original_weights``, regex or call-order overrides, float16, QAT
-checkpoints, the submodule path, shipping the reference model) is a SpecError naming the field.
+What only FX understands is refused when the spec is validated (``quant.engines.pt2e.spec``);
+``check_spec`` — the engine's ``check``, before any work — adds what needs torchao: which object
+types X86InductorQuantizer can configure.
 """
 
 from __future__ import annotations
@@ -27,78 +27,24 @@ import torch
 from torch import nn
 
 from quantstage.quant.config.dotted import resolve_dotted
-from quantstage.quant.config.qconfig import QConfigOverride
-from quantstage.quant.config.spec import ConvertCustomSpec, PrepareCustomSpec, QuantSpec
 from quantstage.quant.engines.pt2e._torchao import torchao
+from quantstage.quant.engines.pt2e.spec import Pt2eSpec
+from quantstage.quant.engines.registry import QuantSpec
 from quantstage.quant.errors import SpecError
 
 __all__ = ["build_quantizer", "check_spec", "float_only", "supported_object_types"]
 
-_FIX = "fix: remove it, or use engine 'fx'"
-_STATIC_QCONFIGS = {"default"}
-_DYNAMIC_QCONFIGS = {"dynamic", "per_channel_dynamic"}
-
-
-def _refuse(field: str, value: Any, why: str = "") -> SpecError:
-    detail = f" ({why})" if why else ""
-    return SpecError(f"{field} = {value!r} has no meaning for engine 'pt2e'{detail}; {_FIX}")
-
 
 def check_spec(spec: QuantSpec) -> None:
-    """Raise SpecError for a field the PT2E engine cannot honour (before any work)."""
-    if spec.backend != "x86":
+    """Raise SpecError for what X86InductorQuantizer cannot honour and only torchao knows (before any work)."""
+    if not isinstance(spec, Pt2eSpec):
         raise SpecError(
-            f"backend {spec.backend!r} with engine 'pt2e': its quantizer is X86InductorQuantizer (oneDNN int8 "
-            f"kernels through Inductor); allowed: x86; fix: backend x86, or engine 'fx' for {spec.backend}"
+            f"the PT2E engine takes a Pt2eSpec (engine 'pt2e'), got a {type(spec).__name__} (engine "
+            f"{spec.engine!r}); fix: quantize with the engine the spec names (quant.engines.engine_for(spec))"
         )
-    if spec.mode not in ("static", "dynamic"):
-        why = "QAT checkpoints are FX-prepared" if spec.mode == "qat" else "X86InductorQuantizer has no float16 mode"
-        raise SpecError(f"mode {spec.mode!r} with engine 'pt2e': {why}; allowed: static, dynamic; fix: engine 'fx'")
-    if spec.tracing == "submodules":
-        raise _refuse("tracing", spec.tracing, "a model is exported whole by torch.export; auto or whole")
-    if spec.target != "native":
-        raise _refuse("target", spec.target, "the reference exported program is logged on every run (reference/*.pt2)")
-    if spec.backend_config != "native":
-        raise _refuse("backend_config", spec.backend_config, "X86InductorQuantizer decides the patterns")
-    if spec.prepare_custom != PrepareCustomSpec():
-        raise _refuse("prepare_custom", spec.prepare_custom.model_dump(exclude_defaults=True), "an FX prepare config")
-    if spec.convert_custom != ConvertCustomSpec():
-        raise _refuse("convert_custom", spec.convert_custom.model_dump(exclude_defaults=True), "an FX convert config")
-    if spec.convert_qconfig_mapping is not None:
-        raise _refuse("convert_qconfig_mapping", "set", "convert_pt2e takes no mapping: skip at prepare")
-    if spec.keep_original_weights:
-        raise _refuse("keep_original_weights", True)
-    if not spec.remove_qconfig:
-        raise _refuse("remove_qconfig", False)
-    if not spec.float_global_pool:
-        raise _refuse("float_global_pool", False, "an FX pooling rule")
-    mapping = spec.mapping_spec()
-    if mapping.dynamic is not None:
-        if mapping.dynamic.weight != "per_channel":
-            raise _refuse(
-                "qconfig_mapping.dynamic.weight", mapping.dynamic.weight, "PT2E dynamic weights are per channel"
-            )
-        if mapping.dynamic.weight_bits not in (None, 8):
-            raise _refuse("qconfig_mapping.dynamic.weight_bits", mapping.dynamic.weight_bits, "int8 weights")
-    for override in mapping.overrides:
-        _check_override(override, spec)
-
-
-def _check_override(override: QConfigOverride, spec: QuantSpec) -> None:
-    where = f"qconfig_mapping override {override.describe()}"
-    if override.set in ("module_name_regex", "module_name_object_type_order"):
-        raise SpecError(
-            f"{where}: X86InductorQuantizer has no {override.set} setter; allowed with engine 'pt2e': global, "
-            f"object_type, module_name; fix: list the module names, or use engine 'fx'"
-        )
-    allowed = _DYNAMIC_QCONFIGS if spec.mode == "dynamic" else _STATIC_QCONFIGS
-    if override.qconfig is not None and override.qconfig not in allowed:
-        raise SpecError(
-            f"{where}: qconfig {override.qconfig!r} has no PT2E form in mode {spec.mode!r}; allowed: "
-            f"{', '.join(sorted(allowed))} or null (keep float); fix: change it, or use engine 'fx'"
-        )
-    if override.set == "object_type" and resolve_dotted(override.key) not in supported_object_types():
-        raise SpecError(f"{where}: {_object_type_refusal(override.key)}")
+    for override in spec.mapping_spec().overrides:
+        if override.set == "object_type" and resolve_dotted(override.key) not in supported_object_types():
+            raise SpecError(f"qconfig_mapping override {override.describe()}: {_object_type_refusal(override.key)}")
 
 
 def supported_object_types() -> dict[Any, Any]:

@@ -1,4 +1,5 @@
-"""QuantSpec: defaults, validation, (de)serialisation, dotted paths and the torch configs built from it."""
+"""FxSpec (the default engine's spec): defaults, validation, (de)serialisation, dotted paths and the torch configs built
+from it."""
 
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
+from quantstage.quant.config import BACKENDS
 from quantstage.quant.config.dotted import resolve_dotted
-from quantstage.quant.config.spec import BACKENDS, QuantSpec, load_spec
+from quantstage.quant.engines import FxSpec, QuantSpec, load_spec, parse_spec, parse_spec_json
 from quantstage.quant.engines.fx import configs as fx_configs
 from quantstage.quant.errors import SpecError
 
 # --------------------------------------------------------------------------- fixtures
 
 SPECS = [
-    QuantSpec(),
-    QuantSpec(mode="dynamic"),
-    *[QuantSpec(backend=backend, backend_config=backend) for backend in BACKENDS],
-    QuantSpec(
+    FxSpec(),
+    FxSpec(mode="dynamic"),
+    *[FxSpec(backend=backend, backend_config=backend) for backend in BACKENDS],
+    FxSpec(
         backend="fbgemm",
         calibration_batches=3,
         skip_modules=("head", "features.0"),
@@ -33,7 +35,7 @@ SPECS = [
         keep_original_weights=True,
         remove_qconfig=False,
     ),
-    QuantSpec(mode="dynamic", skip_object_types=("torch.nn.LSTM",), skip_modules=("rnn",)),
+    FxSpec(mode="dynamic", skip_object_types=("torch.nn.LSTM",), skip_modules=("rnn",)),
 ]
 SPEC_IDS = [
     "default",
@@ -57,7 +59,7 @@ def _write(path: Path, spec: QuantSpec) -> Path:
 
 
 def test_defaults() -> None:
-    spec = QuantSpec()
+    spec = FxSpec()
     assert spec.version == 1
     assert spec.backend == "x86"
     assert spec.mode == "static"
@@ -72,11 +74,11 @@ def test_defaults() -> None:
 def test_backends_match_the_literal() -> None:
     assert BACKENDS == ("x86", "fbgemm", "qnnpack", "onednn")
     for backend in BACKENDS:
-        assert QuantSpec(backend=backend).backend == backend
+        assert FxSpec(backend=backend).backend == backend
 
 
 def test_frozen() -> None:
-    spec = QuantSpec()
+    spec = FxSpec()
     with pytest.raises(ValidationError, match="frozen"):
         spec.backend = "fbgemm"  # type: ignore[misc]
     assert spec.backend == "x86"
@@ -84,7 +86,7 @@ def test_frozen() -> None:
 
 def test_unknown_field_rejected() -> None:
     with pytest.raises(ValidationError, match="calibration_batchez"):
-        QuantSpec(calibration_batchez=4)  # type: ignore[call-arg]
+        FxSpec(calibration_batchez=4)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
@@ -100,25 +102,25 @@ def test_unknown_field_rejected() -> None:
 )
 def test_invalid_values_rejected(kwargs: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
-        QuantSpec(**kwargs)
+        FxSpec(**kwargs)
 
 
 @pytest.mark.parametrize("name", ["", " head", "head ", "\tfeatures.0"], ids=["empty", "lead", "trail", "tab"])
 def test_skip_modules_must_be_module_paths(name: str) -> None:
     with pytest.raises(ValidationError, match=r"skip_modules entry .* is not a module path.*named_modules"):
-        QuantSpec(skip_modules=(name,))
+        FxSpec(skip_modules=(name,))
 
 
 def test_skip_object_types_unknown_rejected_naming_the_path() -> None:
     with pytest.raises(ValidationError, match=r"cannot resolve 'torch\.nn\.NoSuchLayer'"):
-        QuantSpec(skip_object_types=("torch.nn.NoSuchLayer",))
+        FxSpec(skip_object_types=("torch.nn.NoSuchLayer",))
 
 
 def test_sequences_become_tuples() -> None:
-    spec = QuantSpec.model_validate({"skip_modules": ["head"], "skip_object_types": ["operator.add"]})
+    spec = parse_spec({"skip_modules": ["head"], "skip_object_types": ["operator.add"]})
     assert spec.skip_modules == ("head",)
     assert spec.skip_object_types == ("operator.add",)
-    assert hash(spec) == hash(QuantSpec(skip_modules=("head",), skip_object_types=("operator.add",)))
+    assert hash(spec) == hash(FxSpec(skip_modules=("head",), skip_object_types=("operator.add",)))
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -126,8 +128,8 @@ def test_sequences_become_tuples() -> None:
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_json_round_trip(spec: QuantSpec) -> None:
-    assert QuantSpec.model_validate_json(spec.model_dump_json()) == spec
-    assert QuantSpec.model_validate_json(spec.to_json()) == spec
+    assert parse_spec_json(spec.model_dump_json()) == spec
+    assert parse_spec_json(spec.to_json()) == spec
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"], ids=["yaml", "yml", "json"])
@@ -141,13 +143,13 @@ def test_load_spec_file_round_trip(tmp_path: Path, spec: QuantSpec, suffix: str)
 def test_load_spec_unwraps_a_spec_key(tmp_path: Path) -> None:
     path = tmp_path / "wrapped.yaml"
     path.write_text("spec:\n  backend: qnnpack\n  skip_modules: [head]\n")
-    assert load_spec(path) == QuantSpec(backend="qnnpack", skip_modules=("head",))
+    assert load_spec(path) == FxSpec(backend="qnnpack", skip_modules=("head",))
 
 
 def test_load_spec_empty_file_gives_defaults(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert load_spec(path) == QuantSpec()
+    assert load_spec(path) == FxSpec()
 
 
 def test_load_spec_missing_file(tmp_path: Path) -> None:
@@ -237,14 +239,14 @@ def test_resolve_dotted_relative_path_is_a_spec_error() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=list(BACKENDS))
 def test_static_qconfig_mapping_has_a_global_qconfig(backend: str) -> None:
-    mapping = fx_configs.qconfig_mapping(QuantSpec(backend=backend))
+    mapping = fx_configs.qconfig_mapping(FxSpec(backend=backend))
     assert mapping.global_qconfig is not None
     assert nn.Linear not in mapping.object_type_qconfigs
     assert len(mapping.module_name_qconfigs) == 0
 
 
 def test_skips_map_to_none() -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         skip_modules=("head", "features.0"),
         skip_object_types=("torch.nn.Linear", "torch.nn.functional.linear", "operator.add"),
     )
@@ -263,14 +265,14 @@ def _qconfig_for(mapping, object_type: object):
 
 @pytest.mark.parametrize("module_type", [nn.Linear, nn.LSTM], ids=["Linear", "LSTM"])
 def test_dynamic_maps_module_types_to_a_dynamic_qconfig(module_type: type) -> None:
-    qconfig = _qconfig_for(fx_configs.qconfig_mapping(QuantSpec(mode="dynamic")), module_type)
+    qconfig = _qconfig_for(fx_configs.qconfig_mapping(FxSpec(mode="dynamic")), module_type)
     assert qconfig.activation().is_dynamic
     if module_type is nn.LSTM:  # recurrent layers keep torch's per-tensor dynamic qconfig
         assert qconfig is torch.ao.quantization.default_dynamic_qconfig
     else:  # Linear: per-channel weights, 7 bits on a CPU without VNNI/AMX (8-bit activations)
         weight = qconfig.weight()
         assert weight.qscheme == torch.per_channel_symmetric
-        bits = QuantSpec(mode="dynamic").resolved()["dynamic.weight_bits"]
+        bits = FxSpec(mode="dynamic").resolved()["dynamic.weight_bits"]
         assert (weight.quant_min, weight.quant_max) == ((-64, 63) if bits == 7 else (-128, 127))
 
 
@@ -280,7 +282,7 @@ def test_dynamic_defaults_follow_the_cpu(monkeypatch: pytest.MonkeyPatch, isa: s
     from quantstage.quant import hardware
 
     monkeypatch.setattr(hardware, "has_int8_dot_product", lambda: isa)
-    spec = QuantSpec(mode="dynamic")
+    spec = FxSpec(mode="dynamic")
     assert spec.resolved() == {
         "dynamic.weight": "per_channel",
         "dynamic.activation_bits": 8,
@@ -289,7 +291,7 @@ def test_dynamic_defaults_follow_the_cpu(monkeypatch: pytest.MonkeyPatch, isa: s
     assert spec.as_params()["resolved.dynamic"].startswith(
         f"per_channel weights, 8-bit activations, {8 if isa else 7}-bit"
     )
-    torch_default = QuantSpec(
+    torch_default = FxSpec(
         mode="dynamic", qconfig_mapping={"preset": "dynamic", "dynamic": {"weight": "per_tensor", "activation_bits": 7}}
     )
     assert torch_default.resolved()["dynamic.weight_bits"] == 8  # 7-bit activations never saturate
@@ -297,26 +299,26 @@ def test_dynamic_defaults_follow_the_cpu(monkeypatch: pytest.MonkeyPatch, isa: s
         _qconfig_for(fx_configs.qconfig_mapping(torch_default), nn.Linear)
         is torch.ao.quantization.default_dynamic_qconfig
     )
-    qnnpack = QuantSpec(mode="dynamic", backend="qnnpack").resolved()
+    qnnpack = FxSpec(mode="dynamic", backend="qnnpack").resolved()
     assert qnnpack["dynamic.weight_bits"] == 8
 
 
 def test_dynamic_settings_need_the_dynamic_preset() -> None:
     with pytest.raises(ValidationError, match=r"dynamic settings apply to the dynamic preset, not 'static'"):
-        QuantSpec(qconfig_mapping={"preset": "static", "dynamic": {"weight": "per_tensor"}})
+        FxSpec(qconfig_mapping={"preset": "static", "dynamic": {"weight": "per_tensor"}})
 
 
 @pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS, ids=list(BACKENDS))
 def test_static_qconfig_is_not_dynamic(backend: str) -> None:
-    qconfig = _qconfig_for(fx_configs.qconfig_mapping(QuantSpec(backend=backend)), nn.Linear)
+    qconfig = _qconfig_for(fx_configs.qconfig_mapping(FxSpec(backend=backend)), nn.Linear)
     assert qconfig is not None
     assert not getattr(qconfig.activation(), "is_dynamic", False)
 
 
 def test_dynamic_skip_overrides_the_dynamic_qconfig() -> None:
     mapping = fx_configs.qconfig_mapping(
-        QuantSpec(mode="dynamic", skip_object_types=("torch.nn.Linear",), skip_modules=("rnn",))
+        FxSpec(mode="dynamic", skip_object_types=("torch.nn.Linear",), skip_modules=("rnn",))
     )
     assert mapping.object_type_qconfigs[nn.Linear] is None
     assert _qconfig_for(mapping, nn.LSTM) is torch.ao.quantization.default_dynamic_qconfig
@@ -324,7 +326,7 @@ def test_dynamic_skip_overrides_the_dynamic_qconfig() -> None:
 
 
 def test_qconfig_mapping_is_fresh_each_call() -> None:
-    spec = QuantSpec(skip_modules=("head",))
+    spec = FxSpec(skip_modules=("head",))
     first = fx_configs.qconfig_mapping(spec)
     first.set_module_name("other", None)
     assert dict(fx_configs.qconfig_mapping(spec).module_name_qconfigs) == {"head": None}
@@ -332,7 +334,7 @@ def test_qconfig_mapping_is_fresh_each_call() -> None:
 
 @pytest.mark.parametrize("name", ["native", *BACKENDS], ids=["native", *BACKENDS])
 def test_backend_config_object(name: str) -> None:
-    config = fx_configs.backend_config(QuantSpec(backend_config=name))
+    config = fx_configs.backend_config(FxSpec(backend_config=name))
     assert config.name == name
 
 
@@ -340,16 +342,16 @@ def test_backend_config_object(name: str) -> None:
 
 
 def test_digest_stable_across_equal_specs() -> None:
-    a = QuantSpec(backend="fbgemm", skip_modules=("head",), calibration_batches=4)
-    b = QuantSpec(calibration_batches=4, skip_modules=["head"], backend="fbgemm")  # type: ignore[arg-type]
-    c = QuantSpec.model_validate_json(a.model_dump_json())
+    a = FxSpec(backend="fbgemm", skip_modules=("head",), calibration_batches=4)
+    b = FxSpec(calibration_batches=4, skip_modules=["head"], backend="fbgemm")  # type: ignore[arg-type]
+    c = parse_spec_json(a.model_dump_json())
     assert a.digest() == b.digest() == c.digest()
     assert re.fullmatch(r"[0-9a-f]{16}", a.digest()), a.digest()
 
 
 @pytest.mark.parametrize("spec", SPECS[1:], ids=SPEC_IDS[1:])
 def test_digest_differs_for_different_specs(spec: QuantSpec) -> None:
-    assert spec.digest() != QuantSpec().digest()
+    assert spec.digest() != FxSpec().digest()
 
 
 def test_digests_all_distinct() -> None:
@@ -358,9 +360,9 @@ def test_digests_all_distinct() -> None:
 
 
 def test_as_params() -> None:
-    spec = QuantSpec(skip_modules=("head", "features.0"), skip_object_types=("operator.add",))
+    spec = FxSpec(skip_modules=("head", "features.0"), skip_object_types=("operator.add",))
     params = spec.as_params()
-    assert set(params) == {f"spec.{name}" for name in QuantSpec.model_fields} | {"resolved.reduce_range"}
+    assert set(params) == {f"spec.{name}" for name in FxSpec.model_fields} | {"resolved.reduce_range"}
     assert all(key.startswith(("spec.", "resolved.")) for key in params)
     assert all(isinstance(value, str) for value in params.values())
     assert params["spec.backend"] == "x86"
@@ -368,7 +370,7 @@ def test_as_params() -> None:
     assert params["spec.skip_modules"] == "head,features.0"
     assert params["spec.skip_object_types"] == "operator.add"
     assert params["spec.remove_qconfig"] == "True"
-    assert QuantSpec().as_params()["spec.skip_modules"] == ""
+    assert FxSpec().as_params()["spec.skip_modules"] == ""
 
 
 @pytest.mark.parametrize("isa", ["avx512_vnni", None])
@@ -381,21 +383,21 @@ def test_reduce_range_default_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, i
 
     monkeypatch.setattr(hardware, "has_int8_dot_product", lambda: isa)
     for backend in ("x86", "fbgemm"):
-        spec = QuantSpec(backend=backend)
+        spec = FxSpec(backend=backend)
         mapping = fx_configs.qconfig_mapping(spec)
         assert mapping.global_qconfig.activation.p.keywords["reduce_range"] is (isa is None)
         transpose = mapping.object_type_qconfigs[torch.nn.ConvTranspose2d]
         assert transpose.weight.p.keywords["qscheme"] == torch.per_tensor_symmetric
         assert transpose.activation.p.keywords["reduce_range"] is (isa is None)
         assert spec.as_params()["resolved.reduce_range"].startswith(str(isa is None))
-    explicit = QuantSpec(backend="x86", qconfig_mapping={"preset": "static", "observers": {"reduce_range": True}})
+    explicit = FxSpec(backend="x86", qconfig_mapping={"preset": "static", "observers": {"reduce_range": True}})
     assert fx_configs.qconfig_mapping(explicit).global_qconfig.activation.p.keywords["reduce_range"] is True
     assert "set in the spec" in explicit.as_params()["resolved.reduce_range"]
-    onednn = fx_configs.qconfig_mapping(QuantSpec(backend="onednn")).global_qconfig  # 8 bits saturate without VNNI too
+    onednn = fx_configs.qconfig_mapping(FxSpec(backend="onednn")).global_qconfig  # 8 bits saturate without VNNI too
     assert onednn.activation.p.keywords["reduce_range"] is (isa is None)
-    assert QuantSpec(backend="onednn").resolved() == {"reduce_range": isa is None}
-    assert QuantSpec(backend="x86").digest() != QuantSpec(backend="qnnpack").digest()
-    qnnpack = fx_configs.qconfig_mapping(QuantSpec(backend="qnnpack")).global_qconfig  # torch's own default, untouched
+    assert FxSpec(backend="onednn").resolved() == {"reduce_range": isa is None}
+    assert FxSpec(backend="x86").digest() != FxSpec(backend="qnnpack").digest()
+    qnnpack = fx_configs.qconfig_mapping(FxSpec(backend="qnnpack")).global_qconfig  # torch's own default, untouched
     assert qnnpack.activation.p.keywords.get("reduce_range") is False
 
 
@@ -404,10 +406,10 @@ def test_digest_holds_what_the_machine_resolves(monkeypatch: pytest.MonkeyPatch)
     and so the idempotency key, differ; a spec that fixes reduce_range has one digest everywhere."""
     from quantstage.quant import hardware
 
-    fixed = QuantSpec(qconfig_mapping={"preset": "static", "observers": {"reduce_range": False}})
+    fixed = FxSpec(qconfig_mapping={"preset": "static", "observers": {"reduce_range": False}})
     digests = {}
     for isa in ("avx512_vnni", None):
         monkeypatch.setattr(hardware, "has_int8_dot_product", lambda isa=isa: isa)
-        digests[isa] = (QuantSpec().digest(), fixed.digest(), QuantSpec(mode="float16").digest())
+        digests[isa] = (FxSpec().digest(), fixed.digest(), FxSpec(mode="float16").digest())
     assert digests["avx512_vnni"][0] != digests[None][0]
     assert digests["avx512_vnni"][1:] == digests[None][1:]

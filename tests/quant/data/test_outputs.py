@@ -11,7 +11,7 @@ from torch import nn
 
 from quantstage.quant.data.outputs import OutputOf, output_key, select_output, with_output
 from quantstage.quant.errors import DataError
-from quantstage.quant.ship.torchscript import jit_quiet
+from quantstage.quant.ship.jit import jit_quiet
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ from quantstage.quant.data.model_source import (
 )
 from quantstage.quant.data.sources import DataSpec, load_data
 from quantstage.quant.errors import DataError, SourceError
-from quantstage.quant.ship.torchscript import jit_quiet
+from quantstage.quant.ship.jit import jit_quiet
 from tests.models import build_encoder, encoder_batches
 
 

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx.convert import convert
 from quantstage.quant.engines.fx.prepare import prepare
+from quantstage.quant.engines.fx.variants import select_variant
 from quantstage.quant.errors import ArtifactError
 from quantstage.quant.hardware import machine_info
 from quantstage.quant.measure.benchmark import benchmark, benchmark_table, latency_chart
-from quantstage.quant.ship.variants import select_variant
 
 
 class Jittery(nn.Module):
@@ -66,7 +66,7 @@ def quantized() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10)).eval()
     x = torch.rand(16, 1, 8, 8)
-    prepared = prepare(model, (x,), QuantSpec())
+    prepared = prepare(model, (x,), FxSpec())
     calibrate(prepared, [(x, None)], max_batches=1)
     return convert(prepared)
 

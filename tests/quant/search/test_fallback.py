@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.sources import Dataset
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx.convert import convert
 from quantstage.quant.engines.fx.prepare import prepare
 from quantstage.quant.engines.fx.sensitivity import layer_sensitivity
@@ -68,7 +68,7 @@ def sensitive() -> tuple[nn.Module, Dataset]:
     return model, _dataset(model)
 
 
-SPEC = QuantSpec(backend="x86", calibration_batches=4)
+SPEC = FxSpec(backend="x86", calibration_batches=4)
 GATES = GatesConfig(max_accuracy_drop=0.05)
 
 

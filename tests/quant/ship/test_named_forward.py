@@ -16,10 +16,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from quantstage.quant.config.spec import QuantSpec  # noqa: E402
 from quantstage.quant.data.inputs import bind_to_forward  # noqa: E402
 from quantstage.quant.data.outputs import with_output  # noqa: E402
-from quantstage.quant.engines import get_engine  # noqa: E402
+from quantstage.quant.engines import (  # noqa: E402
+    FxSpec,
+    Pt2eSpec,
+    get_engine,
+)
 from quantstage.quant.quantize import quantize  # noqa: E402
 from quantstage.quant.ship.signature import call_signature, with_signature  # noqa: E402
 
@@ -58,12 +61,13 @@ def _batches(model: torch.nn.Module, tokenizer: Any) -> tuple[list[tuple[Any, ..
 def shipped_fx(bert: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path, Any]:
     model, tokenizer = bert
     batches, names = _batches(model, tokenizer)
-    quantized = quantize(model, QuantSpec(mode="dynamic", engine="fx"), batches)
+    quantized = quantize(model, FxSpec(mode="dynamic"), batches)
     served = with_output(quantized.model, "last_hidden_state")
     verify = [*batches, tuple(a[:1] for a in batches[0])]
-    path = tmp_path_factory.mktemp("ship") / "model_int8.pt"
-    artifact, _ = get_engine("fx").ship(with_signature(served, call_signature(quantized.model, names)), path, verify)
-    return served, tokenizer, path, artifact
+    shipped = get_engine("fx").ship(
+        with_signature(served, call_signature(quantized.model, names)), tmp_path_factory.mktemp("ship"), verify
+    )
+    return served, tokenizer, shipped.path, shipped
 
 
 CALLS = ["positional_two", "positional_all", "tokenizer_keywords", "keywords_reversed", "without_token_type_ids"]
@@ -94,8 +98,8 @@ def _expected(served: Any, call: str, encoded: dict[str, torch.Tensor]) -> torch
 
 @pytest.mark.parametrize("call", CALLS)
 def test_shipped_torchscript_is_called_like_the_float_model(shipped_fx: tuple, call: str) -> None:
-    served, tokenizer, path, artifact = shipped_fx
-    from quantstage.quant.ship.torchscript import load_torchscript
+    served, tokenizer, path, _ = shipped_fx
+    from quantstage.quant.engines.fx.torchscript import load_torchscript
 
     loaded = load_torchscript(path)
     assert [a.name for a in loaded.forward.schema.arguments[1:]] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -154,11 +158,11 @@ def test_mlflow_round_trip_takes_named_tensors_and_a_dict_of_arrays(shipped_fx: 
 
     from quantstage.tasks.log_model import log_pytorch_model
 
-    served, tokenizer, _, artifact = shipped_fx
+    served, tokenizer, _, shipped = shipped_fx
     encoded = dict(tokenizer(TEXTS, return_tensors="pt", padding=True))
     args, names = bind_to_forward(served.model, encoded)
     run_id = mlflow.MlflowClient().create_run(mlflow.MlflowClient().create_experiment("named-forward")).info.run_id
-    uri = log_pytorch_model(artifact.module, args, names, run_id=run_id)
+    uri = log_pytorch_model(shipped.module, args, names, run_id=run_id)
     info = mlflow.models.get_model_info(uri)
     assert [spec.name for spec in info.signature.inputs.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
     with torch.no_grad():
@@ -176,18 +180,16 @@ def test_mlflow_round_trip_takes_named_tensors_and_a_dict_of_arrays(shipped_fx: 
 
 
 def test_pt2e_package_takes_keywords_and_its_loaders_positional_calls(bert: tuple[Any, Any], tmp_path: Path) -> None:
-    from quantstage.quant.ship.aoti import LoadedPackage
+    from quantstage.quant.engines.pt2e.aoti import LoadedPackage
 
     model, tokenizer = bert
     batches, names = _batches(model, tokenizer)
-    quantized = quantize(model, QuantSpec(mode="dynamic", engine="pt2e"), batches)
+    quantized = quantize(model, Pt2eSpec(mode="dynamic"), batches)
     served = with_output(quantized.model, "last_hidden_state")
-    artifact, _ = get_engine("pt2e").ship(
-        with_signature(served, call_signature(quantized.model, names)), tmp_path / "model.pt2", batches
-    )
+    shipped = get_engine("pt2e").ship(with_signature(served, call_signature(quantized.model, names)), tmp_path, batches)
     encoded = dict(tokenizer(TEXTS, return_tensors="pt", padding=True))
-    raw = torch._inductor.aoti_load_package(str(artifact.path))
-    loaded = LoadedPackage(artifact.path)
+    raw = torch._inductor.aoti_load_package(str(shipped.path))
+    loaded = LoadedPackage(shipped.path)
     with torch.no_grad():
         expected = served(**encoded)
         assert torch.equal(raw(**encoded), expected)  # the raw package: keywords, any order, all of them

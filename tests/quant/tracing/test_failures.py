@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx.engine import FX_ENGINE
 from quantstage.quant.errors import ConversionError, QuantStageError, TracingError, raised_by_quantstage
 from quantstage.quant.quantize import Quantized, prepare_model, quantize
 
-STATIC = QuantSpec(mode="static", qconfig_mapping={"preset": "static", "observers": {"activation": "minmax"}})
+STATIC = FxSpec(mode="static", qconfig_mapping={"preset": "static", "observers": {"activation": "minmax"}})
 
 
 class Branchy(nn.Module):

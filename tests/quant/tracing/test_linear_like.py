@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.quantize import quantize
 from quantstage.quant.tracing.linear_like import is_linear_subclass, with_linear_equivalents
 
@@ -40,7 +40,7 @@ def test_a_linear_written_as_a_matmul_is_replaced_and_quantized() -> None:
     assert type(model[0]) is MatmulLinear  # the model given is not modified
     x = torch.randn(5, 8)
     torch.testing.assert_close(work(x), model(x))
-    quantized = quantize(model, QuantSpec(mode="dynamic"), [x])
+    quantized = quantize(model, FxSpec(mode="dynamic"), [x])
     assert quantized.coverage.quantized_fraction == 1.0
 
 

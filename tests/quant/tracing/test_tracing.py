@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 from quantstage.quant.engines.fx import configs as fx_configs
 from quantstage.quant.engines.fx.convert import convert
 from quantstage.quant.engines.fx.prepare import prepare
+from quantstage.quant.engines.fx.torchscript import export_torchscript
 from quantstage.quant.errors import DataError, SpecError, TracingError
 from quantstage.quant.measure.evaluate import sqnr_db
 from quantstage.quant.quantize import Quantized, quantize
-from quantstage.quant.ship.torchscript import export_torchscript
 from quantstage.quant.tracing import plan_submodules, spec_for_submodule
 from tests.models import SmallCNN, build_encoder, encoder_batches
 
@@ -69,7 +69,7 @@ def _sqnr(float_model: nn.Module, quantized: nn.Module, batches: list[tuple[torc
 @pytest.fixture(scope="module")
 def dynamic(encoder: nn.Module, calibration: list) -> dict:
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    result = quantize(encoder, QuantSpec(mode="dynamic"), calibration, example_inputs=calibration[0])
+    result = quantize(encoder, FxSpec(mode="dynamic"), calibration, example_inputs=calibration[0])
     return {"result": result, "state_before": before}
 
 
@@ -77,7 +77,7 @@ def dynamic(encoder: nn.Module, calibration: list) -> dict:
 def static(encoder: nn.Module, calibration: list) -> Quantized:
     # calibration as dict batches (keyword args), as encoder_batches gives them
     batches = encoder_batches(num_batches=8, seed=0)
-    return _submodules(encoder, QuantSpec(mode="static", backend="x86"), calibration[0], batches)
+    return _submodules(encoder, FxSpec(mode="static", backend="x86"), calibration[0], batches)
 
 
 def test_the_encoder_does_not_trace_at_the_root_nor_in_attention(encoder: nn.Module) -> None:
@@ -90,7 +90,7 @@ def test_the_encoder_does_not_trace_at_the_root_nor_in_attention(encoder: nn.Mod
 def test_plan_lists_the_largest_traceable_submodules_and_the_float_ones_with_their_first_error(
     encoder: nn.Module, calibration: list
 ) -> None:
-    plan = plan_submodules(encoder, calibration[0], QuantSpec(mode="dynamic"))
+    plan = plan_submodules(encoder, calibration[0], FxSpec(mode="dynamic"))
     assert plan.quantized == PLANNED
     assert tuple(f.path for f in plan.left_float) == LEFT_FLOAT
     assert {f.reason for f in plan.left_float} == {ITEM_ASSIGNMENT}
@@ -111,7 +111,7 @@ def test_auto_falls_back_to_submodules_and_leaves_the_model_untouched(encoder: n
 
 def test_auto_logs_why_it_falls_back(encoder: nn.Module, calibration: list, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="quantstage.quant.quantize"):
-        result = quantize(encoder, QuantSpec(mode="float16"), example_inputs=calibration[0])
+        result = quantize(encoder, FxSpec(mode="float16"), example_inputs=calibration[0])
     assert result.tracing == "submodules"
     assert "does not trace as a whole" in caplog.text and "item assignment" in caplog.text
 
@@ -121,7 +121,7 @@ def test_auto_takes_the_whole_path_when_the_model_traces(mode: str) -> None:
     torch.manual_seed(0)
     model = SmallCNN().eval()
     batches = [(torch.rand(4, 1, 8, 8),) for _ in range(4)]
-    result = quantize(model, QuantSpec(mode=mode, calibration_batches=4), batches)
+    result = quantize(model, FxSpec(mode=mode, calibration_batches=4), batches)
     assert result.tracing == "whole" and result.reference is not None and result.plan is None
     assert result.reason == "" and result.prepared is not None
     sqnr = _sqnr(model, result.model, batches)
@@ -150,7 +150,7 @@ def test_submodules_called_with_keyword_arguments_are_prepared_with_them() -> No
     torch.manual_seed(0)
     model = Model().eval()
     args = (torch.randn(4, 8),)
-    result = _submodules(model, QuantSpec(mode="dynamic"), args, timing_repeats=0)
+    result = _submodules(model, FxSpec(mode="dynamic"), args, timing_repeats=0)
     assert result.plan is not None and result.plan.quantized == ("block",)
     assert _sqnr(model, result.model, [args]) >= 30.0
 
@@ -159,7 +159,7 @@ def test_whole_mode_raises_the_tracing_error(encoder: nn.Module, calibration: li
     with pytest.raises(
         TracingError, match=r"failed in the root forward of Encoder: 'Proxy' object does not support item"
     ):
-        quantize(encoder, _tracing(QuantSpec(mode="dynamic"), "whole"), calibration)
+        quantize(encoder, _tracing(FxSpec(mode="dynamic"), "whole"), calibration)
 
 
 def test_dynamic_quantizes_every_linear_with_high_sqnr(encoder: nn.Module, dynamic: dict, held_out: list) -> None:
@@ -207,7 +207,7 @@ def test_static_calibrates_each_submodule_on_the_inputs_it_sees_in_the_whole_mod
         for batch in calibration:
             encoder(*batch)
     handle.remove()
-    alone = prepare(encoder.layers[1].ffn, seen[0], QuantSpec(mode="static", backend="x86"))
+    alone = prepare(encoder.layers[1].ffn, seen[0], FxSpec(mode="static", backend="x86"))
     with torch.no_grad():
         for args in seen:
             alone(*args)
@@ -223,11 +223,11 @@ def test_static_calibrates_each_submodule_on_the_inputs_it_sees_in_the_whole_mod
 
 def test_static_without_calibration_data_says_so(encoder: nn.Module, calibration: list) -> None:
     with pytest.raises(DataError, match="static mode got no calibration batches"):
-        _submodules(encoder, QuantSpec(mode="static"), calibration[0], [], timing_repeats=0)
+        _submodules(encoder, FxSpec(mode="static"), calibration[0], [], timing_repeats=0)
 
 
 def test_module_name_overrides_and_skips_apply_on_full_paths(encoder: nn.Module, calibration: list) -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         mode="dynamic",
         qconfig_mapping={
             "preset": "dynamic",
@@ -250,7 +250,7 @@ def test_module_name_overrides_and_skips_apply_on_full_paths(encoder: nn.Module,
 
 
 def test_spec_for_submodule_reroots_module_name_keys(encoder: nn.Module) -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         mode="static",
         qconfig_mapping={
             "preset": "static",
@@ -296,7 +296,7 @@ def test_a_model_where_nothing_traces_raises_with_the_first_errors() -> None:
             return -self.gate(-x)
 
     with pytest.raises(TracingError) as info:
-        quantize(Model().eval(), QuantSpec(mode="dynamic"), example_inputs=(torch.ones(2, 8),))
+        quantize(Model().eval(), FxSpec(mode="dynamic"), example_inputs=(torch.ones(2, 8),))
     message = str(info.value)
     assert "no submodule of Model could be quantized" in message
     assert "<root>: TraceError: symbolically traced variables cannot be used as inputs to control flow" in message
@@ -317,17 +317,17 @@ def test_the_quantized_encoder_becomes_torchscript_that_loads_back_bit_exactly(
 
 def test_bad_arguments_say_what_is_allowed(encoder: nn.Module, calibration: list) -> None:
     with pytest.raises(ValidationError, match=r"tracing\n  Input should be 'auto', 'whole' or 'submodules'"):
-        QuantSpec(tracing="partial")
+        FxSpec(tracing="partial")
     with pytest.raises(
         SpecError, match=r"mode 'qat' converts a model trained with QAT elsewhere; fix: pass its checkpoint"
     ):
-        quantize(encoder, QuantSpec(mode="qat"), calibration)
+        quantize(encoder, FxSpec(mode="qat"), calibration)
     with pytest.raises(
         SpecError, match=r"mode 'qat' is not supported by submodules; allowed: static, dynamic, float16"
     ):
         from quantstage.quant.tracing.submodules import check_mode
 
-        check_mode(QuantSpec(mode="qat"))
+        check_mode(FxSpec(mode="qat"))
 
 
 def test_dynamic_submodules_quantize_embeddings_outside_them_weight_only() -> None:
@@ -340,7 +340,7 @@ def test_dynamic_submodules_quantize_embeddings_outside_them_weight_only() -> No
     model = build_encoder().eval()
     batch = encoder_batches(1)[0]
     args = (batch["input_ids"], batch["attention_mask"])
-    result = _submodules(model, QuantSpec(mode="dynamic"), args, timing_repeats=0)
+    result = _submodules(model, FxSpec(mode="dynamic"), args, timing_repeats=0)
     embeddings = [p for p, m in model.named_modules() if isinstance(m, torch.nn.Embedding)]
     assert embeddings and result.coverage.weight_only == tuple(embeddings)
     assert all(isinstance(result.model.get_submodule(p), QuantizedEmbedding) for p in embeddings)
@@ -350,6 +350,6 @@ def test_dynamic_submodules_quantize_embeddings_outside_them_weight_only() -> No
     # the 1000-row table stored int8 (a per-row scale and offset; tiny tables are mostly that overhead)
     assert serialized_size(result.model.get_submodule("embed")) < serialized_size(model.get_submodule("embed")) / 3
     assert serialized_size(result.model) < serialized_size(model) / 2
-    kept = _submodules(model, QuantSpec(mode="dynamic", skip_modules=(embeddings[0],)), args, timing_repeats=0)
+    kept = _submodules(model, FxSpec(mode="dynamic", skip_modules=(embeddings[0],)), args, timing_repeats=0)
     assert embeddings[0] not in kept.coverage.weight_only
     assert isinstance(kept.model.get_submodule(embeddings[0]), torch.nn.Embedding)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 from quantstage.quant.engines.fx.convert import convert
 from quantstage.quant.engines.fx.prepare import degenerate_ranges, prepare
 from quantstage.quant.measure.evaluate import sqnr_db
@@ -28,7 +28,7 @@ class Net(nn.Module):
 
 
 def _spec(activation: str, weight: str = "per_channel") -> QuantSpec:
-    return QuantSpec(qconfig_mapping={"preset": "static", "observers": {"activation": activation, "weight": weight}})
+    return FxSpec(qconfig_mapping={"preset": "static", "observers": {"activation": activation, "weight": weight}})
 
 
 @pytest.mark.parametrize("activation", ["minmax", "moving_average", "histogram"])
@@ -54,7 +54,7 @@ def test_observer_choice_converts_and_holds_accuracy(activation: str, weight: st
 
 def test_observers_only_with_static_preset() -> None:
     with pytest.raises(ValueError, match="observers apply to the static preset, not 'dynamic'"):
-        QuantSpec(mode="dynamic", qconfig_mapping={"preset": "dynamic", "observers": {"activation": "minmax"}})
+        FxSpec(mode="dynamic", qconfig_mapping={"preset": "dynamic", "observers": {"activation": "minmax"}})
 
 
 def test_degenerate_ranges_name_the_module() -> None:

@@ -1,9 +1,10 @@
-"""The convert-time ``qconfig_mapping`` rule, checked when a ``QuantSpec`` is built.
+"""The convert-time ``qconfig_mapping`` rule, checked by the FX engine before any work.
 
 convert_fx's rule: every prepare-time key is kept with the same qconfig or ``None``, and
-keys are added only with ``None``. ``QuantSpec`` checks it up front
-(``quant.engines.fx.configs.check_convert_mapping``), so a bad spec fails with a pydantic
-ValidationError naming the key and both qconfigs instead of an AssertionError deep
+keys are added only with ``None``. The FX engine's ``check`` tests it up front
+(``quant.engines.fx.configs.check_convert_mapping``) wherever a spec is parsed for use
+(``parse_spec(..., check=True)``, ``load_spec``, flow parameters, ``quantize``), so a bad spec fails with a
+pydantic ValidationError naming the key and both qconfigs instead of an AssertionError deep
 inside torch's convert. Where torch checks the same thing, it must reject the same mapping;
 a valid convert-time mapping must be accepted and convert with parity.
 """
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from quantstage.quant.config.qconfig import QConfigMappingSpec
-from quantstage.quant.config.spec import QuantSpec, load_spec
+from quantstage.quant.engines import FxSpec, QuantSpec, load_spec, parse_spec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs as fx_configs
 from quantstage.quant.engines.fx.prepare import prepare
@@ -147,13 +148,8 @@ INVALID: dict[str, tuple[dict | None, dict, str]] = {
 
 
 def _spec(prepare_mapping: dict | None, convert_mapping: dict, **kw: Any) -> QuantSpec:
-    return QuantSpec(
-        backend="x86",
-        backend_config="x86",
-        qconfig_mapping=prepare_mapping,
-        convert_qconfig_mapping=convert_mapping,
-        **kw,
-    )
+    fields = {"backend": "x86", "backend_config": "x86", "qconfig_mapping": prepare_mapping}
+    return parse_spec(fields | {"convert_qconfig_mapping": convert_mapping, **kw}, check=True)
 
 
 @pytest.fixture(autouse=True)
@@ -188,10 +184,13 @@ def test_the_message_names_the_key_and_both_values() -> None:
 
 def test_changed_value_message_tells_the_two_qconfigs_apart() -> None:
     with pytest.raises(ValidationError) as info:
-        QuantSpec(
-            mode="float16",
-            qconfig_mapping=_m("float16", _o("module_name", "fc1", "float16_dynamic")),
-            convert_qconfig_mapping=_m("float16", _o("module_name", "fc1", "float16_static")),
+        parse_spec(
+            {
+                "mode": "float16",
+                "qconfig_mapping": _m("float16", _o("module_name", "fc1", "float16_dynamic")),
+                "convert_qconfig_mapping": _m("float16", _o("module_name", "fc1", "float16_static")),
+            },
+            check=True,
         )
     message = info.value.errors()[0]["msg"]
     before = message.split("prepare ", 1)[1].split(", convert ", 1)[0]
@@ -247,7 +246,7 @@ class _Plain(nn.Module):
 def test_torch_rejects_what_the_spec_rejects(name: str) -> None:
     """The same mapping handed to torch's convert_fx fails its own check."""
     prepare_mapping, convert_mapping, _ = INVALID[name]
-    spec = QuantSpec(backend="x86", backend_config="x86", qconfig_mapping=prepare_mapping)
+    spec = FxSpec(backend="x86", backend_config="x86", qconfig_mapping=prepare_mapping)
     torch.manual_seed(0)
     prepared = prepare(_Plain().eval(), _features(), spec)
     prepared(*_features())
@@ -310,7 +309,7 @@ class _HeadAndAdds(nn.Module):
 @pytest.mark.parametrize("remove_qconfig", [False, True], ids=["keep_qconfig", "remove_qconfig"])
 def test_valid_convert_mapping_gives_parity(backend: str, remove_qconfig: bool) -> None:
     """convert, lower(reference_convert) and convert_fx agree; the convert-time skips hold."""
-    spec = QuantSpec(
+    spec = FxSpec(
         backend=backend,
         backend_config=backend,
         qconfig_mapping=VALID_PREPARE,
@@ -339,7 +338,7 @@ def test_valid_convert_mapping_gives_parity(backend: str, remove_qconfig: bool) 
 
 
 def test_skip_shorthands_carry_over_to_the_convert_mapping() -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         skip_modules=("head",),
         skip_object_types=("operator.add",),
         convert_qconfig_mapping=_m("static", _o("module_name", "body")),

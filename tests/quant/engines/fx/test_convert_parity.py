@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization.quantize_fx import convert_to_reference_fx
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs as fx_configs
 from quantstage.quant.engines.fx.convert import ReferenceModel, convert, lower, reference_convert
@@ -671,7 +671,7 @@ def _torch_stage(pattern: str, backend: str, stage: str):
 
 
 def _spec(case: Case, backend: str, **flags: bool) -> QuantSpec:
-    return QuantSpec(backend=backend, backend_config=backend, **case.spec, **flags)
+    return FxSpec(backend=backend, backend_config=backend, **case.spec, **flags)
 
 
 def _train_qat(prepared: torch.fx.GraphModule, case: Case) -> None:
@@ -1010,9 +1010,12 @@ def test_does_not_mutate_prepared(pattern: str, backend: str) -> None:
 
     reference = reference_convert(p.model, **_reference_kwargs(p.spec))
     _assert_unchanged(p.model, before)
-    reference_code = reference.code
-    lower(reference)
+    reference_code, reference_modules = reference.code, _module_types(reference.graph_module)
+    qconfigs_before = _qconfigs(reference.graph_module)
+    lower(reference)  # its copy shares leaf modules with the reference: removing qconfigs must not reach them
     assert reference.code == reference_code, "lower() changed the reference model"
+    assert _module_types(reference.graph_module) == reference_modules, "lower() swapped the reference's modules"
+    assert _qconfigs(reference.graph_module) == qconfigs_before, "lower() removed the reference model's qconfigs"
 
     first = convert(p.model, **_convert_kwargs(p.spec))
     _assert_unchanged(p.model, before)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantstage.quant.calibrate import calibrate
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx.convert import lower, reference_convert
 from quantstage.quant.engines.fx.coverage import coverage_report
 from quantstage.quant.engines.fx.prepare import prepare
@@ -120,7 +120,7 @@ def _seed_and_restore_engine():
 
 def _report(model: nn.Module, x: torch.Tensor, target: str = "native", **spec_fields) -> CoverageReport:
     model = model.eval()
-    spec = QuantSpec(calibration_batches=1, **spec_fields)
+    spec = FxSpec(calibration_batches=1, **spec_fields)
     prepared = prepare(model, (x,), spec)
     calibrate(prepared, [(x, None)], max_batches=1)
     reference = reference_convert(prepared)

@@ -5,13 +5,13 @@ import copy
 import torch
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx import configs as fx_configs
 from quantstage.quant.engines.fx.convert import convert, lower, reference_convert
 from quantstage.quant.engines.fx.prepare import prepare
 
-SPEC = QuantSpec(
+SPEC = FxSpec(
     backend="x86",
     prepare_custom={"float_to_observed": {"static": {"torch.nn.LSTM": "torch.ao.nn.quantizable.LSTM"}}},
     convert_custom={

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from quantstage.quant import QuantSpec, quantize, sqnr_db
+from quantstage.quant import FxSpec, QuantSpec, quantize, sqnr_db
 from quantstage.quant.engines.fx.dynamic import DynamicLinear8, DynamicLinearReLU8
-from quantstage.quant.ship.torchscript import export_torchscript
+from quantstage.quant.engines.fx.torchscript import export_torchscript
 from tests.models import SmallCNN, build_encoder, encoder_batches
 
 
 def _spec(**dynamic: object) -> QuantSpec:
-    return QuantSpec(mode="dynamic", calibration_batches=4, qconfig_mapping={"preset": "dynamic", "dynamic": dynamic})
+    return FxSpec(mode="dynamic", calibration_batches=4, qconfig_mapping={"preset": "dynamic", "dynamic": dynamic})
 
 
 def test_fused_linear_relu_keeps_its_relu() -> None:
@@ -58,7 +58,7 @@ def test_weights_get_seven_bits_only_without_vnni(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(hardware, "has_int8_dot_product", lambda: isa)
     model = nn.Sequential(nn.Linear(16, 8)).eval()
-    quantized = quantize(model, QuantSpec(mode="dynamic"), [torch.randn(4, 16)]).model
+    quantized = quantize(model, FxSpec(mode="dynamic"), [torch.randn(4, 16)]).model
     layer = next(m for m in quantized.modules() if isinstance(m, DynamicLinear8))
     weight, _ = layer._packed_params._weight_bias()
     assert int(weight.int_repr().abs().max()) <= (127 if isa else 64)

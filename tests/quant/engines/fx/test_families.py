@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx.embedding import WeightOnlyEmbedding, embedding_weight_only, weight_only_reason
 from quantstage.quant.quantize import Quantized, quantize
 from quantstage.quant.tracing.linear_like import as_linear, with_linear_equivalents
@@ -27,7 +27,7 @@ def _quantize(family: str, **spec: Any) -> tuple[nn.Module, Quantized]:
     mode = spec.pop("mode", zoo.FAMILIES[family].mode)
     if mode == "static":
         spec.setdefault("qconfig_mapping", MINMAX)
-    return model, quantize(model, QuantSpec(mode=mode, **spec), zoo.batches(family, count=3), timing_repeats=0)
+    return model, quantize(model, FxSpec(mode=mode, **spec), zoo.batches(family, count=3), timing_repeats=0)
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -183,7 +183,7 @@ def test_a_part_whose_plain_attributes_the_glue_reads_carries_them() -> None:
     torch.manual_seed(0)
     model = Padded().eval()
     batches = [torch.randn(2, 3, 9, 9) for _ in range(3)]
-    q = quantize(model, QuantSpec(mode="static", qconfig_mapping=MINMAX), batches, timing_repeats=0)
+    q = quantize(model, FxSpec(mode="static", qconfig_mapping=MINMAX), batches, timing_repeats=0)
     assert q.plan is not None and q.plan.quantized == ("conv",)
     assert q.model.conv.stride == (2, 2) and q.model.conv.kernel_size == (3, 3)
     assert _cosine(model, q.model, batches[0]) > 0.99

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from quantstage.demo import DigitsCNN
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec
 from quantstage.quant.engines.fx import _torch as _fx
 from quantstage.quant.engines.fx.convert import convert
 from quantstage.quant.engines.fx.prepare import prepare
 from quantstage.quant.engines.fx.qat import load_qat_checkpoint, save_qat_checkpoint
 from quantstage.quant.errors import SpecError
 
-SPEC = QuantSpec(mode="qat", backend="fbgemm")
+SPEC = FxSpec(mode="qat", backend="fbgemm")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_round_trip_converts_like_convert_fx(trained, tmp_path) -> None:
 def test_only_qat_specs_are_saved(trained, tmp_path) -> None:
     _, _, prepared = trained
     with pytest.raises(SpecError, match="a QAT checkpoint needs a spec with mode 'qat', got mode 'static'"):
-        save_qat_checkpoint(prepared, QuantSpec(), tmp_path / "x.pt")
+        save_qat_checkpoint(prepared, FxSpec(), tmp_path / "x.pt")
 
 
 def test_missing_and_foreign_files_are_refused(trained, tmp_path) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantstage.quant.config.spec import QuantSpec
+from quantstage.quant.engines import FxSpec, QuantSpec
 from quantstage.quant.engines.base import UnusedSkip
 from quantstage.quant.engines.fx.prepare import prepare
 from quantstage.quant.engines.fx.skips import check_skips, find_unused_skips
@@ -40,7 +40,7 @@ def _restore_engine():
 
 
 def _unused(*overrides: dict, preset: str = "static", **spec_fields) -> list[UnusedSkip]:
-    spec = QuantSpec(qconfig_mapping={"preset": preset, "overrides": list(overrides)}, **spec_fields)
+    spec = FxSpec(qconfig_mapping={"preset": preset, "overrides": list(overrides)}, **spec_fields)
     model = SmallCNN().eval()
     return find_unused_skips(model, prepare(model, (torch.randn(2, 1, 8, 8),), spec), spec)
 
@@ -148,7 +148,7 @@ def test_unused_module_name_object_type_order() -> None:
 
 
 def test_convert_time_skips_are_checked_once() -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         skip_modules=("head.9",),
         convert_qconfig_mapping={
             "preset": "static",
@@ -167,7 +167,7 @@ def test_convert_time_skips_are_checked_once() -> None:
 
 
 def test_check_skips_strict_raises_with_every_message() -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         strict_skips=True,
         skip_modules=("head.fc",),
         skip_object_types=("torch.nn.Conv1d",),
@@ -182,7 +182,7 @@ def test_check_skips_strict_raises_with_every_message() -> None:
 
 
 def test_check_skips_strict_regex_and_order() -> None:
-    spec = QuantSpec(
+    spec = FxSpec(
         strict_skips=True,
         qconfig_mapping={
             "preset": "static",
@@ -198,7 +198,7 @@ def test_check_skips_strict_regex_and_order() -> None:
 
 
 def test_check_skips_warns_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    spec = QuantSpec(skip_modules=("head.fc",))
+    spec = FxSpec(skip_modules=("head.fc",))
     model, prepared = _prepared(spec)
     with caplog.at_level(logging.WARNING, logger="quantstage.quant.engines.fx.skips"):
         with pytest.warns(
@@ -212,7 +212,7 @@ def test_check_skips_warns_and_logs(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_check_skips_silent_when_all_used() -> None:
-    spec = QuantSpec(strict_skips=True, skip_modules=("head.3",), skip_object_types=("torch.add",))
+    spec = FxSpec(strict_skips=True, skip_modules=("head.3",), skip_object_types=("torch.add",))
     model, prepared = _prepared(spec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

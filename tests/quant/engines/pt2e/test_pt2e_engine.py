@@ -11,7 +11,8 @@ import torch
 from pydantic import ValidationError
 
 from quantstage.flows.sweep_params import expand_grid
-from quantstage.quant import QuantSpec, quantize
+from quantstage.quant import FxSpec, Pt2eSpec, parse_spec, quantize
+from quantstage.quant.config import first_error
 from quantstage.quant.engines import get_engine
 from quantstage.quant.errors import SpecError, TracingError
 from quantstage.quant.measure.coverage import REASON_SKIPPED
@@ -47,30 +48,52 @@ def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
 )
 def test_fields_pt2e_cannot_honour_are_refused_before_any_work(fields: dict, named: str) -> None:
     with pytest.raises(ValidationError) as info:
-        QuantSpec.model_validate({"engine": "pt2e", **fields})
-    message = str(info.value)
-    assert named in message, message
+        parse_spec({"engine": "pt2e", **fields}, check=True)
+    message = first_error(info.value)
+    assert named in message and "\n" not in message, message
     assert "fix:" in message
 
 
+def test_what_needs_torchao_is_the_engines_check() -> None:
+    """Parsing stays framework-free: X86InductorQuantizer's object types are checked by the engine."""
+    spec = parse_spec({"engine": "pt2e", "skip_object_types": ["operator.add"]})
+    with pytest.raises(SpecError, match=r"object type 'operator\.add' cannot be configured.*fix:"):
+        get_engine("pt2e").check(spec)
+    with pytest.raises(SpecError, match="the PT2E engine takes a Pt2eSpec"):
+        get_engine("pt2e").check(FxSpec())
+
+
+def test_a_spec_written_for_fx_loads_with_engine_pt2e() -> None:
+    """FX-only fields at FX's defaults (a dumped FxSpec, an old spec.json) mean nothing: dropped."""
+    assert parse_spec(FxSpec().model_dump(mode="json") | {"engine": "pt2e"}) == Pt2eSpec()
+    assert set(Pt2eSpec.model_fields) < set(FxSpec.model_fields)
+
+
+def test_a_grid_field_of_another_engine_is_refused_naming_the_engine() -> None:
+    with pytest.raises(ValueError, match=r"grid field 'backend_config' is not a QuantSpec field of engine 'pt2e'"):
+        expand_grid(Pt2eSpec(), {"backend_config": ["x86"]})
+    with pytest.raises(ValueError, match=r"of engine 'pt2e'; use a dotted path from \[.*'skip_modules'"):
+        expand_grid(FxSpec(), {"engine": ["fx", "pt2e"], "keep_original_weights": [True]})
+
+
 def test_pt2e_resolves_eight_bit_activations_and_its_own_digest() -> None:
-    fx, pt2e = QuantSpec(), QuantSpec(engine="pt2e")
+    fx, pt2e = FxSpec(), Pt2eSpec()
     assert pt2e.resolved() == {"reduce_range": False}  # Inductor's oneDNN kernels do not saturate
     assert "Inductor" in pt2e.as_params()["resolved.reduce_range"]
     assert fx.digest() != pt2e.digest()
 
 
 def test_engine_is_a_sweep_grid_field() -> None:
-    labels = [label for label, _ in expand_grid(QuantSpec(), {"engine": ["fx", "pt2e"]})]
+    labels = [label for label, _ in expand_grid(FxSpec(), {"engine": ["fx", "pt2e"]})]
     assert labels == ['engine="fx"', 'engine="pt2e"']
-    for _, raw in expand_grid(QuantSpec(), {"engine": ["fx", "pt2e"]}):
-        QuantSpec.model_validate(raw)
+    for _, raw in expand_grid(FxSpec(), {"engine": ["fx", "pt2e"]}):
+        parse_spec(raw)
 
 
 def test_a_model_torch_export_cannot_capture_is_one_line_with_the_fix() -> None:
     x = torch.rand(4, 1, 8, 8)
     with pytest.raises(TracingError) as info:
-        quantize(GatedNet().eval(), QuantSpec(engine="pt2e"), [x])
+        quantize(GatedNet().eval(), Pt2eSpec(), [x])
     message = str(info.value)
     assert "\n" not in message
     assert "torch.export cannot capture GatedNet" in message and "engine 'fx'" in message
@@ -81,9 +104,7 @@ def cnn() -> tuple[torch.nn.Module, torch.Tensor, object]:
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x = torch.rand(64, 1, 8, 8)
-    quantized = quantize(
-        model, QuantSpec(engine="pt2e", skip_modules=("head.3",)), [x[i : i + 16] for i in range(0, 64, 16)]
-    )
+    quantized = quantize(model, Pt2eSpec(skip_modules=("head.3",)), [x[i : i + 16] for i in range(0, 64, 16)])
     return model, x, quantized
 
 
@@ -103,11 +124,14 @@ def test_static_pt2e_quantizes_what_it_should_and_skips_by_name(cnn: tuple) -> N
 def test_the_package_ships_reloads_and_the_reference_program_is_saved(cnn: tuple, tmp_path: Path) -> None:
     _, x, quantized = cnn
     engine = get_engine("pt2e")
-    artifact, variants = engine.ship(quantized.model, tmp_path / "model_int8.pt", [(x[:8],), (x[:1],)])
-    assert artifact.path.suffix == ".pt2" and artifact.path.exists() and artifact.max_abs_diff == 0.0
+    shipped = engine.ship(quantized.model, tmp_path / "model", [(x[:8],), (x[:1],)])
+    variants = shipped.variants
+    assert shipped.path.suffix == ".pt2" and shipped.path.exists() and variants[0].max_abs_diff == 0.0
     assert variants[0].name == "aoti_package" and variants[0].shippable
+    assert shipped.form.flavor == "pyfunc" and shipped.form.files == {"package": str(shipped.path)}
     with torch.no_grad():
-        assert torch.equal(artifact.module(x[:3]), quantized.model(x[:3]))
+        assert torch.equal(shipped.module(x[:3]), quantized.model(x[:3]))
+        assert torch.equal(engine.load(tmp_path / "model")(x[:3]), quantized.model(x[:3]))
     program = engine.save_reference(engine.reference_module(quantized.reference), tmp_path / "ref", [(x[:4],)])
     assert program.path.suffix == ".pt2" and program.method == "exported_program"
     loaded = torch.export.load(str(program.path)).module()
@@ -130,7 +154,7 @@ def test_dynamic_pt2e_quantizes_linear_layers() -> None:
     torch.manual_seed(0)
     model = DigitsMLP(width=32, depth=2).eval()
     x = torch.rand(16, 1, 8, 8)
-    quantized = quantize(model, QuantSpec(engine="pt2e", mode="dynamic"), example_inputs=(x,))
+    quantized = quantize(model, Pt2eSpec(mode="dynamic"), example_inputs=(x,))
     assert {e.reason for e in quantized.coverage.entries} == {"dynamic int8"}
     assert quantized.coverage.quantized_fraction == 1.0
     with torch.no_grad():

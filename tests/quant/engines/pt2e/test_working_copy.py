@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from quantstage.quant import QuantSpec
+from quantstage.quant import Pt2eSpec
 from quantstage.quant.engines.pt2e.capture import distinct_calls, export_program, working_copy
 from quantstage.quant.engines.pt2e.coverage import module_path
 from quantstage.quant.engines.pt2e.gelu import is_tanh_gelu
@@ -92,7 +92,7 @@ class PositionIds(nn.Module):
 
 def test_integer_tensors_are_never_quantized() -> None:
     ids = torch.randint(2, 30, (4, 12))
-    prepared = prepare_model(PositionIds().eval(), QuantSpec(engine="pt2e", mode="dynamic"), (ids,))
+    prepared = prepare_model(PositionIds().eval(), Pt2eSpec(mode="dynamic"), (ids,))
     reference = prepared.reference().references[""]
     chosen = [
         node.args[0].meta["val"].dtype

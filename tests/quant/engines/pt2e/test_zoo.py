@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantstage.quant import QuantSpec, quantize
+from quantstage.quant import Pt2eSpec, quantize
 from quantstage.quant.engines.pt2e import convert
 from quantstage.quant.engines.pt2e.coverage import REASON_DYNAMIC_CONV
 from quantstage.quant.errors import ConversionError, TracingError
@@ -53,7 +53,7 @@ def _converts(family: str) -> None:
     model = zoo.build(family)
     batches = zoo.batches(family, count=4)
     mode = zoo.FAMILIES[family].mode
-    quantized = quantize(model, QuantSpec(engine="pt2e", mode=mode), batches)
+    quantized = quantize(model, Pt2eSpec(mode=mode), batches)
     assert quantized.tracing == "whole"
     entries = {e.name: e for e in quantized.coverage.entries}
     assert _linear_like(model) <= set(entries), sorted(_linear_like(model) - set(entries))
@@ -95,7 +95,7 @@ def test_a_model_torch_export_cannot_capture_is_refused_in_one_line() -> None:
             return x
 
     with pytest.raises(TracingError) as info:
-        quantize(Branchy(), QuantSpec(engine="pt2e", mode="dynamic"), [torch.randn(4, 4)])
+        quantize(Branchy(), Pt2eSpec(mode="dynamic"), [torch.randn(4, 4)])
     message = str(info.value)
     assert "\n" not in message
     assert "torch.export cannot capture Branchy" in message and "test_zoo.py" in message
@@ -109,7 +109,7 @@ def test_a_torchao_failure_is_one_line_naming_the_stage(monkeypatch: pytest.Monk
     real = convert.torchao()
     monkeypatch.setattr(convert, "torchao", lambda: types.SimpleNamespace(**{**vars(real), "prepare_pt2e": refuse}))
     with pytest.raises(ConversionError) as info:
-        quantize(nn.Sequential(nn.Linear(4, 4)), QuantSpec(engine="pt2e", mode="dynamic"), [torch.randn(4, 4)])
+        quantize(nn.Sequential(nn.Linear(4, 4)), Pt2eSpec(mode="dynamic"), [torch.randn(4, 4)])
     message = str(info.value)
     assert "\n" not in message
     assert "failed at prepare of Sequential" in message and "Input partition" in message

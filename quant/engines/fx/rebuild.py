@@ -1,4 +1,4 @@
-"""The artifact of last resort: a quantized model that neither ``torch.jit.script`` nor
+"""The FX engine's artifact of last resort: a quantized model that neither ``torch.jit.script`` nor
 ``torch.jit.trace`` reproduces, shipped as what rebuilds it.
 
 A bundle is a folder:
@@ -29,20 +29,22 @@ from typing import Any
 
 import torch
 
-from quantstage.quant.config.spec import QuantSpec
 from quantstage.quant.data.model_source import build_from_factory
 from quantstage.quant.data.outputs import with_output
+from quantstage.quant.engines.registry import QuantSpec, parse_spec
 from quantstage.quant.errors import ArtifactError
-from quantstage.quant.ship.torchscript import max_abs_diff
+from quantstage.quant.ship.jit import max_abs_diff
 
-__all__ = ["example", "rebuild", "save_bundle"]
+__all__ = ["MANIFEST", "example", "rebuild", "save_bundle"]
+
+MANIFEST = "rebuild.json"  # the file that makes a folder a bundle
 
 _README = """# Rebuilding this quantized model
 
 It could be neither scripted nor traced faithfully (TorchScript), so it ships as what rebuilds it:
 
 ```python
-from quantstage.quant.ship.rebuild import rebuild
+from quantstage.quant import rebuild
 model = rebuild("{path}")          # needs quantstage and the factory {factory!r} importable
 output = model(*inputs)             # positional inputs: {names}
 ```
@@ -67,7 +69,7 @@ def _quantize_structure(
 def example(bundle: str | Path) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, list[str]]:
     """``(inputs, output, input names)`` stored in a bundle: one batch and what the shipped model returned."""
     bundle = Path(bundle)
-    names = json.loads((bundle / "rebuild.json").read_text())["input_names"]
+    names = json.loads((bundle / MANIFEST).read_text())["input_names"]
     inputs = tuple(torch.load(bundle / "example_inputs.pt", weights_only=True))
     return inputs, torch.load(bundle / "example_output.pt", weights_only=True), names
 
@@ -76,10 +78,10 @@ def rebuild(bundle: str | Path) -> torch.nn.Module:
     """The quantized model of a bundle written by ``save_bundle``."""
     bundle = Path(bundle)
     try:
-        meta = json.loads((bundle / "rebuild.json").read_text())
+        meta = json.loads((bundle / MANIFEST).read_text())
     except FileNotFoundError as exc:
         raise ArtifactError(f"{str(bundle)!r} is not a quantstage rebuild bundle (no rebuild.json)") from exc
-    spec = QuantSpec.model_validate(meta["spec"])
+    spec = parse_spec(meta["spec"])
     example = tuple(torch.load(bundle / "example_inputs.pt", weights_only=True))
     model = build_from_factory(meta["factory"], meta.get("kwargs", {}), meta.get("folder")).eval()
     with torch.no_grad():
@@ -135,7 +137,7 @@ def save_bundle(
         "output": output,
         "torch_version": torch.__version__,
     }
-    (out / "rebuild.json").write_text(json.dumps(meta, indent=2, default=str))
+    (out / MANIFEST).write_text(json.dumps(meta, indent=2, default=str))
     torch.save(quantized.state_dict(), out / "state_dict.pt")
     torch.save(tuple(verify_inputs[0]), out / "example_inputs.pt")
     (out / "REBUILD.md").write_text(

@@ -1,4 +1,4 @@
-"""Ship the fastest correct form of a quantized model.
+"""The FX engine ships the fastest correct form of a quantized model.
 
 The lowered FX GraphModule is what conversion produces, but not what serves best: the same
 model as TorchScript, frozen TorchScript (``torch.jit.freeze``: weights and attributes
@@ -19,26 +19,13 @@ from typing import Any, cast
 
 import torch
 
-from quantstage.quant.ship.torchscript import jit_quiet, max_abs_diff, to_torchscript
+from quantstage.quant.errors import ArtifactError
+from quantstage.quant.ship.jit import jit_quiet, max_abs_diff, to_torchscript
+from quantstage.quant.ship.shipped import VariantResult
 
-__all__ = ["Form", "VariantResult", "select_variant", "torchscript_forms"]
+__all__ = ["Form", "select_variant", "torchscript_forms"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class VariantResult:
-    """One deployable form of the quantized model, as measured."""
-
-    name: str
-    p50_ms: float | None
-    max_abs_diff: float | None
-    matches: bool
-    shippable: bool  # can be saved and loaded in another process (TorchScript)
-    error: str | None = None
-
-    def as_row(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 Form = tuple[str, Callable[[], Any], bool]  # (name, build, shippable: saves and loads in another process)
@@ -129,8 +116,6 @@ def select_variant(
     eligible = [r for r in results.values() if r.shippable and r.matches and r.p50_ms is not None]
     if not eligible:
         problems = "; ".join(f"{r.name}: {r.error or f'max abs diff {r.max_abs_diff:g}'}" for r in results.values())
-        from quantstage.quant.errors import ArtifactError
-
         raise ArtifactError(
             f"no TorchScript form of the model reproduces it within tolerance {tolerance:g} ({problems})"
         )

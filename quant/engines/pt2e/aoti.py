@@ -1,14 +1,17 @@
-"""torch.export forms, saved, loaded back in this process and verified before anything is logged:
-AOTInductor packages (``.pt2``, what the PT2E engine ships) and exported programs (``torch.export.save``,
+"""The PT2E engine's torch.export forms, saved, loaded back in this process and verified before anything is
+logged: AOTInductor packages (``.pt2``, what the engine ships) and exported programs (``torch.export.save``,
 the reference model for other compilers).
 
 A package loads with ``torch._inductor.aoti_load_package`` in a process that has only torch: no
-quantstage, no model class, no torchao. ``load_shipped`` opens either shipped form by its suffix.
+quantstage, no model class, no torchao. MLflow serves it as a pyfunc model whose loader,
+``quantstage.tasks.aoti_model`` (a models-from-code file), needs only mlflow, numpy and torch;
+``load_package`` opens it again from the folder ``ship`` saved or the logged model's folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import shutil
 from collections.abc import Callable, Sequence
@@ -18,22 +21,27 @@ from typing import Any
 import torch
 
 from quantstage.quant.errors import ArtifactError
-from quantstage.quant.ship.torchscript import load_torchscript
+from quantstage.quant.ship.shipped import ModelForm, Shipped, VariantResult
 
 __all__ = [
+    "AOTI_LOADER",
     "AOTI_SUFFIX",
+    "PACKAGE_FILE",
     "AotiArtifact",
     "LoadedPackage",
-    "bind_keywords",
     "ProgramArtifact",
+    "bind_keywords",
     "load_aoti",
-    "load_shipped",
+    "load_package",
     "package_keywords",
     "save_program",
     "ship_package",
+    "shipped_package",
 ]
 
 AOTI_SUFFIX = ".pt2"
+PACKAGE_FILE = "model_int8.pt2"  # what ``ship`` saves in its folder (the logged model's ``artifacts/``)
+AOTI_LOADER = "quantstage.tasks.aoti_model"  # MLflow's pyfunc of a package: needs mlflow, numpy and torch only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +113,18 @@ def load_aoti(path: str | Path) -> LoadedPackage:
     return LoadedPackage(path)
 
 
-def load_shipped(path: str | Path) -> Any:
-    """A shipped model file: an AOTInductor package (``.pt2``) or TorchScript (anything else)."""
-    return load_aoti(path) if str(path).endswith(AOTI_SUFFIX) else load_torchscript(path)
+def load_package(folder: Path) -> LoadedPackage:
+    """The package in ``folder``: the folder ``ship`` saved in, or a logged model's folder downloaded from
+    MLflow (a package file is loaded as is)."""
+    if folder.is_file():
+        return load_aoti(folder)
+    found = sorted(folder.rglob(f"*{AOTI_SUFFIX}"))
+    if len(found) != 1:
+        raise ArtifactError(
+            f"{str(folder)!r} holds {len(found)} AOTInductor packages ({', '.join(p.name for p in found) or 'none'}); "
+            f"allowed: exactly one; fix: give the folder the PT2E engine shipped, or the logged model's folder"
+        )
+    return load_aoti(found[0])
 
 
 def _max_abs_diff(expected: Any, got: Any) -> float:
@@ -181,3 +198,19 @@ def save_program(
         )
     data = path.read_bytes()
     return ProgramArtifact(path=path, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def shipped_package(artifact: AotiArtifact) -> Shipped:
+    """A verified package as ``Shipped``: a pyfunc model of the package file, served by ``AOTI_LOADER``."""
+    form = ModelForm(
+        "pyfunc", artifact.module, files={"package": str(artifact.path)}, loader=AOTI_LOADER, requirements=("numpy",)
+    )
+    variant = VariantResult(artifact.method, None, artifact.max_abs_diff, True, True)
+    return Shipped(
+        method=artifact.method,
+        path=artifact.path,
+        size_bytes=artifact.size_bytes,
+        form=form,
+        load=functools.partial(load_aoti, artifact.path),
+        variants=[variant],
+    )
