@@ -3,11 +3,12 @@ MLflow run out. Both flows compose it: ``convert_flow`` runs one, ``sweep_flow``
 candidate (``convert_candidate``, a task that can run on any worker).
 
 The unit is the chain of stage tasks — calibrate_model → convert_reference → lower_model →
-validate_accuracy → (analyze_sensitivity) → (search_float_layers) → export_model → benchmark_model →
-log_conversion — so a sweep candidate gets everything a single conversion gets: coverage, sensitivity
-when asked, the fallback, the rebuild bundle when no TorchScript form reproduces the model, the
-reference model, the report. It takes and returns only small serialisable values (``UnitJob``,
-``UnitResult``: numbers, verdicts, run ids, URIs); models travel as the artifacts it logged.
+validate_accuracy (``engine: auto``: pick_engine races these and the export over the candidate engines) →
+(analyze_sensitivity) → (search_float_layers) → export_model (unless the race shipped it) → benchmark_model →
+log_conversion — so a sweep candidate gets everything a single conversion gets: coverage, sensitivity when
+asked, the fallback, the rebuild bundle when no TorchScript form reproduces the model, the reference model, the
+report. It takes and returns only small serialisable values (``UnitJob``, ``UnitResult``: numbers, verdicts, run
+ids, URIs); models travel as the artifacts it logged.
 Registration is not part of it: the flows publish the unit (or the sweep's winner) through
 ``tasks.run``. Units running as threads of one process say so (``in_parallel``); each stage task
 declares what it needs of the process gate itself (``tasks._gate``).
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantstage.flows.params import StageParams
 from quantstage.quant.data.sources import Dataset
-from quantstage.quant.engines import QuantSpec
+from quantstage.quant.engines import AUTO, QuantSpec
 from quantstage.quant.engines.base import ShippedFile
 from quantstage.quant.measure.benchmark import BenchmarkReport
 from quantstage.quant.measure.evaluate import AccuracyReport
@@ -38,6 +39,7 @@ from quantstage.quant.measure.gates import GateResult, GatesConfig, check_gates
 from quantstage.quant.measure.sensitivity import LayerSensitivity
 from quantstage.quant.quantize import Quantized
 from quantstage.quant.report.markdown import PENDING_PROMOTION, render_report
+from quantstage.quant.search.engines import EngineRace
 from quantstage.quant.search.fallback import FallbackResult
 from quantstage.quant.search.ranking import CandidateScore
 from quantstage.tasks._gate import in_parallel
@@ -48,6 +50,7 @@ from quantstage.tasks.fallback import search_float_layers
 from quantstage.tasks.load import SourceModel, fetch_file, load_dataset, load_model
 from quantstage.tasks.log_model import log_conversion
 from quantstage.tasks.lower import lower_model
+from quantstage.tasks.race_engines import pick_engine
 from quantstage.tasks.record import ConversionRecord, conversion_record
 from quantstage.tasks.reference_convert import convert_reference
 from quantstage.tasks.run import Winner
@@ -96,7 +99,7 @@ class UnitResult(BaseModel):
     index: int = 0
     name: str = ""
     run_id: str
-    spec: QuantSpec = Field(description="The spec the shipped model was made with (after the fallback).")
+    spec: QuantSpec = Field(description="The spec the shipped model was made with (after the race, the fallback).")
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: list[dict[str, Any]] = Field(default_factory=list)
     passed: bool = False
@@ -176,6 +179,7 @@ class _Work:
     layers: list[LayerSensitivity] = dataclasses.field(default_factory=list)
     chart: str | None = None
     fallback: FallbackResult | None = None
+    race: EngineRace | None = None  # engine: auto
 
 
 @dataclasses.dataclass
@@ -215,6 +219,14 @@ def _quantize(
     return quantized, validate_accuracy(source.model, quantized.model, dataset, job.stages.evaluation)
 
 
+def _convert(job: UnitJob, source: SourceModel, data: Dataset, tmp: str, clock: _Clock, qat: str | None) -> _Work:
+    """The quantized model and its accuracy; with ``engine: auto`` the race's winner (shipped already)."""
+    if job.spec.engine != AUTO:
+        return _Work(job, source, data, tmp, clock, *_quantize(source, data, job.spec, job, qat, clock))
+    race = pick_engine(source.model, data, job.spec, job.stages, job.gates, tmp, job.target_name, qat)
+    return _Work(job, source, data, tmp, clock, race.winner.quantized, race.winner.accuracy, race=race)
+
+
 def _search(work: _Work, qat: str | None) -> None:
     """Sensitivity when asked, or when the fallback needs its ranking; the fallback when the accuracy gates fail."""
     job, stages = work.job, work.job.stages
@@ -246,7 +258,7 @@ def _search(work: _Work, qat: str | None) -> None:
 def _ship(work: _Work) -> _Measured:
     """The deployable form and the reference model, exported and benchmarked against the float model."""
     job, stages, quantized, dataset = work.job, work.job.stages, work.quantized, work.dataset
-    shipped = export_model(
+    shipped = (work.race and work.race.shipped_for(quantized)) or export_model(
         quantized, dataset, work.work_dir, stages.source, stages.ship_tolerance, stages.export_budget_s
     )
     reference = export_reference(quantized, dataset, work.work_dir)
@@ -288,6 +300,7 @@ def _judge(work: _Work, measured: _Measured) -> tuple[list[GateResult], str]:
         variants=shipped.variants,
         machine=measured.machine,
         shipped_as=shipped.note or None,
+        engines=work.race.choice if work.race is not None else None,
     )
     return gates, report
 
@@ -319,6 +332,7 @@ def _record(work: _Work, measured: _Measured, gates: list[GateResult], report: s
         extra_params={"fallback.enabled": str(job.stages.fallback.enabled), **job.extra_params},
         extra_metrics={f"candidate.{k}": v for k, v in work.clock.seconds.items()} if job.parallel else None,
         documents=job.documents,
+        engines=work.race.choice if work.race is not None else None,
     )
 
 
@@ -364,9 +378,8 @@ def convert_unit(job: UnitJob, source: SourceModel | None = None, dataset: Datas
         dataset = dataset or load_dataset(stages.data, source.model, stages.output)
         qat = fetch_file(job.qat_checkpoint) if job.qat_checkpoint else None
         clock.lap("load_s")
-        quantized, accuracy = _quantize(source, dataset, job.spec, job, qat, clock)
+        work = _convert(job, source, dataset, work_dir, clock, qat)
         clock.lap("validate_s")
-        work = _Work(job, source, dataset, work_dir, clock, quantized, accuracy)
         _search(work, qat)
         return _log(work, _ship(work))
 

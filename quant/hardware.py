@@ -7,8 +7,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["default_reduce_range", "dynamic_bits", "has_int8_dot_product", "machine_info"]
 
 # ISA extensions that decide int8 GEMM speed on x86 (VNNI/AMX) and what fbgemm/onednn can use.
@@ -84,6 +82,8 @@ def dynamic_bits(backend: str, activation_bits: int | None, weight_bits: int | N
 
 def machine_info() -> dict[str, Any]:
     """A flat description of this machine and software, to log beside every timing."""
+    import torch  # here: the spec's qconfig reads this module, and building a spec imports no torch
+
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
     return {

@@ -21,6 +21,7 @@ from quantstage.quant.measure.evaluate import AccuracyReport
 from quantstage.quant.measure.gates import GateResult
 from quantstage.quant.measure.sensitivity import LayerSensitivity, sensitivity_table
 from quantstage.quant.quantize import Quantized
+from quantstage.quant.search.engines import EngineChoice, engines_table
 from quantstage.quant.ship.shipped import VariantResult
 
 __all__ = ["ConversionRecord", "conversion_metrics", "conversion_record", "lineage"]
@@ -73,6 +74,13 @@ def _variants_table(variants: Sequence[VariantResult]) -> dict[str, list[Any]]:
     return {k: [getattr(v, k) for v in variants] for k in ("name", "p50_ms", "max_abs_diff", "matches", "shippable")}
 
 
+def _engine_params(engines: EngineChoice | None) -> dict[str, str]:
+    """The race's verdict as params: the engine requested (auto), the one chosen, and why."""
+    if engines is None:
+        return {}
+    return {"engine.requested": "auto", "engine.chosen": engines.chosen, "engine.why": engines.why[:500]}
+
+
 def conversion_record(
     *,
     spec: QuantSpec,
@@ -93,8 +101,10 @@ def conversion_record(
     extra_params: Mapping[str, str] | None = None,
     extra_metrics: Mapping[str, float] | None = None,
     documents: Mapping[str, str] | None = None,
+    engines: EngineChoice | None = None,
 ) -> ConversionRecord:
-    """The MLflow record of one conversion (see the module docstring)."""
+    """The MLflow record of one conversion (see the module docstring); ``engines``: the engine race of an auto
+    spec (``engines.json``, ``engine.chosen``)."""
     tracing = quantized.tracing + (f" ({quantized.reason[:200]})" if quantized.tracing == "submodules" else "")
     params = {
         **spec.as_params(),
@@ -109,12 +119,14 @@ def conversion_record(
         "export.method": shipped_as,
         **{f"machine.{k}": str(v) for k, v in (machine or {}).items()},
         **(extra_params or {}),
+        **_engine_params(engines),
     }
     tables = {
         "benchmark/latency.json": benchmark_table(benchmarks),
         "export/variants.json": _variants_table(variants),
         "coverage/coverage.json": quantized.coverage.as_table(),
         "sensitivity/sensitivity.json": sensitivity_table(sensitivity),
+        **({"engines.json": engines_table(engines.rows)} if engines is not None else {}),
     }
     return ConversionRecord(
         params=params,

@@ -115,7 +115,9 @@ def add_convert_parser(sub: Any) -> None:
     conv.add_argument("--config", help="YAML/JSON file of convert parameters (flags override it)")
     conv.add_argument("--spec", help="YAML/JSON QuantSpec file (replaces the config's spec; flags override it)")
     conv.add_argument(
-        "--engine", help="fx (torch.ao FX, ships TorchScript) | pt2e (torch.export + torchao, ships AOTInductor)"
+        "--engine",
+        help="fx (torch.ao FX, ships TorchScript) | pt2e (torch.export + torchao, ships AOTInductor) | auto (race "
+        "the candidate engines, ship the fastest that passes the accuracy gates)",
     )
     conv.add_argument("--backend", help="x86 | fbgemm | qnnpack | onednn")
     conv.add_argument("--mode", help="static | dynamic | float16 | qat")

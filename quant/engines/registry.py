@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from quantstage.quant.engines.base import Engine
 
 __all__ = [
+    "AUTO",
     "DEFAULT_ENGINE",
     "REGISTRY",
     "CheckedSpec",
@@ -78,11 +79,13 @@ class EngineEntry:
         return engine
 
 
-DEFAULT_ENGINE = "fx"  # what a spec without an ``engine`` field means
+AUTO = "auto"  # the engine that races the others (quant.engines.auto; the pipeline runs the race)
+DEFAULT_ENGINE = "fx"  # what a spec without an ``engine`` field means (AUTO: race the engines)
 
 REGISTRY: dict[str, EngineEntry] = {
     "fx": EngineEntry("quantstage.quant.engines.fx.spec:FxSpec", "quantstage.quant.engines.fx:FX_ENGINE"),
     "pt2e": EngineEntry("quantstage.quant.engines.pt2e.spec:Pt2eSpec", "quantstage.quant.engines.pt2e:PT2E_ENGINE"),
+    "auto": EngineEntry("quantstage.quant.engines.auto:AutoSpec", "quantstage.quant.engines.auto:AUTO_ENGINE"),
 }
 
 _ERROR_TYPES = frozenset(get_args(ErrorType))

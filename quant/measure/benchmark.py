@@ -7,6 +7,7 @@ import dataclasses
 import io
 import logging
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +23,10 @@ __all__ = [
     "BenchmarkReport",
     "LatencyStats",
     "benchmark",
+    "benchmark_many",
     "benchmark_table",
     "latency_chart",
+    "paired_speedup",
     "serialized_size",
     "threads",
 ]
@@ -256,6 +259,87 @@ def benchmark(
         "" if stable else " (unstable)",
     )
     return report
+
+
+def paired_speedup(slow_times: Sequence[float], fast_times: Sequence[float]) -> tuple[float, float]:
+    """How much faster ``fast`` ran than ``slow`` in calls timed as pairs: the median of the paired ratios and its
+    noise, as ``BenchmarkReport.speedup`` and ``speedup_noise`` compute them (nan, 0 without pairs)."""
+    pairs = [s / f for s, f in zip(slow_times, fast_times) if f > 0]
+    if not pairs:
+        return math.nan, 0.0
+    ratios = torch.tensor(pairs, dtype=torch.float64)
+    median = ratios.median().item()
+    if len(pairs) < 2:
+        return median, 0.0
+    mad = (ratios - median).abs().median().item()
+    return median, 1.645 * 1.2533 * 1.4826 * mad / math.sqrt(len(pairs))
+
+
+def _measure_many(models: Sequence[torch.nn.Module], example_inputs: tuple[Any, ...], rounds: int) -> list[list[float]]:
+    """One call of each model per round, in a fresh seeded random order every round (with three or more models a
+    rotated order would have one always run right after the same other one, which flushed the caches): per
+    model, its per-call seconds."""
+    order, rng = list(range(len(models))), random.Random(0)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for j in order:
+            start = time.perf_counter()
+            models[j](*example_inputs)
+            times[j].append(time.perf_counter() - start)
+    return times
+
+
+@torch.no_grad()
+def benchmark_many(
+    float_model: torch.nn.Module,
+    models: dict[str, torch.nn.Module],
+    example_inputs: tuple[Any, ...],
+    *,
+    iterations: int = 100,
+    warmup: int = 10,
+    num_threads: int | None = 1,
+    max_cv: float | None = 0.25,
+    budget_s: float | None = None,
+) -> dict[str, BenchmarkReport]:
+    """``benchmark`` for several quantized forms at once: the float model and every model in ``models``
+    interleaved round by round on the same inputs, so drift hits them all alike; per name, its report against
+    the float model's calls of the same rounds (``paired_speedup`` of two reports' ``quant_times_ms`` compares
+    two forms). Measured again once when a CV exceeds ``max_cv``; ``budget_s`` cuts the rounds as ``benchmark``."""
+    names, timed = list(models), [float_model.eval(), *(models[n].eval() for n in models)]
+    batch_size = batch_len(example_inputs) if example_inputs else 1
+    with threads(num_threads) as n:
+        started = time.perf_counter()
+        for _ in range(warmup):
+            for model in timed:
+                model(*example_inputs)
+        if budget_s is not None and warmup > 0:
+            per_round = (time.perf_counter() - started) / warmup
+            iterations = max(10, min(iterations, int(budget_s / max(per_round, 1e-9))))
+        times = _measure_many(timed, example_inputs, iterations)
+        stats = [LatencyStats.from_times(t, batch_size) for t in times]
+        if max_cv is not None and max(s.cv for s in stats) > max_cv:
+            logger.info("latency CV %.2f above %.2f: measuring again", max(s.cv for s in stats), max_cv)
+            times = _measure_many(timed, example_inputs, iterations)
+            stats = [LatencyStats.from_times(t, batch_size) for t in times]
+    stable = max_cv is None or max(s.cv for s in stats) <= max_cv
+    float_size = serialized_size(float_model)
+    return {
+        name: BenchmarkReport(
+            batch_size=batch_size,
+            threads=n,
+            iterations=iterations,
+            float_latency=stats[0],
+            quant_latency=stats[i],
+            float_size_bytes=float_size,
+            quant_size_bytes=serialized_size(models[name]),
+            stable=stable,
+            peak_rss_mib=_peak_rss_mib(),
+            float_times_ms=tuple(t * 1000.0 for t in times[0]),
+            quant_times_ms=tuple(t * 1000.0 for t in times[i]),
+        )
+        for i, name in enumerate(names, start=1)
+    }
 
 
 def latency_chart(reports: Sequence[BenchmarkReport], path: str | Path) -> Path:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # annotations only: the report reads what the other subpackag
     from quantstage.quant.measure.evaluate import AccuracyReport
     from quantstage.quant.measure.gates import GateResult
     from quantstage.quant.measure.sensitivity import LayerSensitivity
+    from quantstage.quant.search.engines import EngineChoice
     from quantstage.quant.search.fallback import FallbackResult
     from quantstage.quant.ship.shipped import VariantResult
 
@@ -66,9 +67,11 @@ def render_report(
     variants: Sequence[VariantResult] = (),
     machine: dict[str, Any] | None = None,
     shipped_as: str | None = None,
+    engines: EngineChoice | None = None,
 ) -> str:
     """Markdown report of one conversion. The verdict line says whether the alias moved
-    (``promoted_alias``), or ``promotion`` when that is decided later (``set_verdict`` then)."""
+    (``promoted_alias``), or ``promotion`` when that is decided later (``set_verdict`` then);
+    ``engines``: the engine race of an auto spec (its table, and why the winner won)."""
     if not benchmarks:
         raise ValueError("render_report needs at least one BenchmarkReport (the headline numbers)")
     passed = all(g.passed for g in gates)
@@ -79,6 +82,7 @@ def render_report(
         "",
         f"Backend `{spec.backend}`, mode `{spec.mode}`, {spec.calibration_batches} calibration batches, "
         f"spec hash `{spec.digest()}`" + (f", registered as `{registered}`" if registered else ""),
+        *_engine_section(engines),
         "",
         "## Summary",
         "",
@@ -163,6 +167,32 @@ def _shipping_section(variants: Sequence[VariantResult], machine: dict[str, Any]
             diff = v.error or ("n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:g}")
             lines.append(f"| {v.name} | {p50} | {diff} | {'yes' if v.shippable else 'no'} |")
     return lines
+
+
+def _engine_section(choice: EngineChoice | None) -> list[str]:
+    """The engine race (``engine: auto``): one row per candidate engine, and why the winner won."""
+    if choice is None:
+        return []
+    lines = [
+        "",
+        "## Engine choice (engine: auto)",
+        "",
+        f"**Chosen: `{choice.chosen}`**: {choice.why.removeprefix(f'{choice.chosen}: ')}",
+        "",
+        "| engine | status | convert s | ship s | p50 ms | speedup | accuracy drop | SQNR dB | quantized | shipped as |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in choice.rows:
+        cells = [r.convert_s, r.ship_s, r.p50_ms]
+        timing = " | ".join("n/a" if v is None else f"{v:.3g}" if v < 1 else f"{v:.1f}" for v in cells)
+        drop, sqnr = r.metrics.get("accuracy_drop"), r.metrics.get("output_sqnr_db")
+        lines.append(
+            f"| {r.engine} | {r.status} | {timing} | {'n/a' if r.speedup is None else f'{r.speedup:.2f}x'} | "
+            f"{'n/a' if drop is None else f'{drop:.4f}'} | {'n/a' if sqnr is None else f'{sqnr:.1f}'} | "
+            f"{_pct(r.quantized_fraction)} | {r.shipped_as or '-'} |"
+        )
+    reasons = [f"- {r.engine}: {r.reason}" for r in choice.rows if r.reason and r.status != "chosen"]
+    return lines + ([""] + reasons if reasons else [])
 
 
 def _coverage_section(coverage: Coverage | None) -> list[str]:

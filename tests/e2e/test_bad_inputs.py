@@ -198,7 +198,10 @@ PARAMETERS: list[tuple[list[str], str]] = [
         ["convert", "models:/m@a", "--spec", str(REPO_ROOT / "deploy/specs/float16.yaml"), "--backend", "arm"],
         r"spec\.backend",
     ),
-    (["convert", "models:/m@a", "--engine", "tvm"], r"spec\.engine: Input should be 'fx' or 'pt2e' \(got 'tvm'\)"),
+    (
+        ["convert", "models:/m@a", "--engine", "tvm"],
+        r"spec\.engine: Input should be 'fx', 'pt2e' or 'auto' \(got 'tvm'\)",
+    ),
     (
         ["convert", "models:/m@a", "--engine", "pt2e", "--backend", "qnnpack"],
         r"backend 'qnnpack' with engine 'pt2e'.*fix:",

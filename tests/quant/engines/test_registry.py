@@ -65,9 +65,9 @@ def test_a_spec_without_engine_is_the_default_engines() -> None:
 def test_an_unknown_engine_is_one_line_naming_the_allowed() -> None:
     with pytest.raises(ValidationError) as info:
         _Params(spec={"engine": "tvm"})
-    assert first_error(info.value) == "spec.engine: Input should be 'fx' or 'pt2e' (got 'tvm')"
+    assert first_error(info.value) == "spec.engine: Input should be 'fx', 'pt2e' or 'auto' (got 'tvm')"
     assert len(info.value.errors()) == 1
-    with pytest.raises(SpecError, match=r"engine 'tvm' is unknown; allowed: fx, pt2e"):
+    with pytest.raises(SpecError, match=r"engine 'tvm' is unknown; allowed: fx, pt2e, auto"):
         get_engine("tvm")
 
 
@@ -133,3 +133,21 @@ def test_building_a_spec_imports_no_quantization_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_importing_the_config_or_building_a_spec_imports_no_torch() -> None:
+    """``python -c "import quantstage.quant.config"`` — and parsing a spec of every engine — loads neither
+    torch.ao.quantization nor torchao: not even torch (whose import loads torch.ao.quantization's eager parts)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import quantstage.quant.config
+        config = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchao'))
+        from quantstage.quant.engines import REGISTRY, parse_spec
+        for name in REGISTRY:
+            parse_spec({"engine": name})
+        print(config, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchao')))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "[] []", result.stdout
