@@ -10,12 +10,25 @@ quantized conv whose input has one channel (the float-conv rule of pytorch#12140
 prepacked qconv writes channels-last; AOTInductor then returns garbage. ``_qconv_channels_last``
 forces channels-last for quantized convs while compiling (what the static-shape path does), and
 ``lower`` checks every package against the reference model before anything uses it.
+
+Four more torch 2.13 corrections are applied while compiling (each a context manager below; measured with
+``python -m bench.pt2e_speed``, one thread, same process):
+
+- ``_qconv_prepack_shapes``: int8 conv weights packed for a concrete shape under a dynamic batch (ResNet-18
+  batch 1: 5.7 -> 4.9 ms, the static-batch package's speed);
+- ``_zero_in_dynamic_range``: dynamic ``choose_qparams`` with the reference's zero-including range (an
+  activation of one sign saturated: 8.9 dB to the reference on inputs in [1, 2));
+- ``_realized_qparams`` and ``_vectorized_round_to_int8``: dynamic int8 activations quantized in vector code
+  instead of a per-element ``roundf`` under recomputed scales (bench encoder: about 2x faster).
+
+A package that differs from the reference by more than ``min_sqnr_db`` is still accepted when it is as close
+to the float model as the reference is (``_within_quantization_noise``): dynamic int8 on a model with
+activation outliers (all-MiniLM-L6-v2) has no single rounding to agree with.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import inspect
 import logging
 import os
@@ -25,7 +38,7 @@ import tempfile
 import time
 import weakref
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,44 +47,13 @@ import torch
 from quantstage.quant.engines.pt2e._torchao import pt2e_quiet, torchao
 from quantstage.quant.engines.pt2e.aoti import LoadedPackage
 from quantstage.quant.engines.pt2e.capture import Bound
+from quantstage.quant.engines.pt2e.inductor_fixes import inductor_fixes
 from quantstage.quant.errors import ConversionError, DataError
 from quantstage.quant.ship.signature import named_module
 
 __all__ = ["PORTABLE_MARCH", "AotiModule", "compile_package", "lower_to_package", "portable_target"]
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _qconv_channels_last() -> Iterator[None]:
-    """Force a channels-last output layout on Inductor's quantized convolutions while compiling."""
-    try:
-        import torch._inductor.mkldnn_ir as mkldnn_ir
-        from torch._inductor.ir import FixedLayout
-        from torch._inductor.utils import convert_shape_to_inductor
-        from torch._prims_common import make_channels_last_strides_for
-
-        original = mkldnn_ir._prepare_convolution_fusion_create
-    except (ImportError, AttributeError):  # a torch without the hook: the reference check still guards
-        yield
-        return
-
-    signature = inspect.signature(original)
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        inputs, constant_args, layout, req_stride_order, other = original(*args, **kwargs)
-        quantized = signature.bind(*args, **kwargs).arguments.get("quantize_args")
-        if quantized is not None and len(layout.size) in (4, 5):
-            channels_last = make_channels_last_strides_for(layout.size)
-            if list(layout.stride) != list(channels_last):
-                layout = FixedLayout(layout.device, layout.dtype, layout.size, convert_shape_to_inductor(channels_last))
-        return inputs, constant_args, layout, req_stride_order, other
-
-    mkldnn_ir._prepare_convolution_fusion_create = patched
-    try:
-        yield
-    finally:
-        mkldnn_ir._prepare_convolution_fusion_create = original
 
 
 PORTABLE_MARCH = "x86-64-v3"
@@ -88,12 +70,18 @@ def portable_target() -> dict[str, Any]:
     return {"cpp.march": PORTABLE_MARCH, "cpp.simdlen": 256}
 
 
+def inductor_configs() -> dict[str, Any]:
+    """The Inductor settings every package is compiled with."""
+    return {"freezing": True, **portable_target()}
+
+
 def compile_package(
     module: torch.nn.Module,
     example_args: tuple[Any, ...],
     dynamic_shapes: tuple[Any, ...],
     path: Path,
     names: Sequence[str] | None = None,
+    configs: dict[str, Any] | None = None,
 ) -> tuple[Path, float]:
     """AOT-compile ``module`` (re-exported with ``dynamic_shapes``) into the package ``path``; return
     it and the seconds it took (export + compile). With ``names`` (forward's argument names) the package
@@ -117,9 +105,9 @@ def compile_package(
                 program = torch.export.export(
                     module, example_args, dynamic_shapes=_for_signature(module, dynamic_shapes), strict=False
                 )
-            with _qconv_channels_last():
+            with inductor_fixes():
                 out = torch._inductor.aoti_compile_and_package(
-                    program, package_path=str(path), inductor_configs={"freezing": True, **portable_target()}
+                    program, package_path=str(path), inductor_configs={**inductor_configs(), **(configs or {})}
                 )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -235,17 +223,64 @@ def lower_to_package(
             expected, got = reference(*args), module(*args)
         sqnr = _sqnr(expected, got)
         if sqnr < min_sqnr_db:
-            raise ConversionError(
-                f"the AOTInductor package disagrees with the reference quantized model at the {label} (SQNR "
-                f"{sqnr:.1f} dB < {min_sqnr_db:g}): an Inductor lowering bug; fix: use engine 'fx', or report it "
-                f"with the model"
-            )
+            _within_quantization_noise(reference, args, expected, got, sqnr, label, min_sqnr_db)
     census = kernel_census(path)
     int8 = sum(v for k, v in census.items() if k.startswith(("_q", "q")))
     if int8 == 0:  # pytorch/ao#4566: without freezing/no_grad the patterns stay unfused and the model runs fp32
         logger.warning("the AOTInductor package calls no int8 kernel: Inductor did not fuse the quantized patterns")
     logger.info("AOTInductor package compiled in %.1f s (%d int8 kernel calls): %s", seconds, int8, path)
     return module
+
+
+def _float_model(reference: torch.nn.Module) -> torch.nn.Module | None:
+    """The float exported graph ``reference`` was quantized from (with its output key, if served through one)."""
+    from quantstage.quant.data.outputs import OutputOf
+
+    if isinstance(reference, OutputOf):
+        inner = _float_model(reference.model)
+        return None if inner is None else OutputOf(inner, reference.key)
+    graph = getattr(reference, "float_graph", None)
+    return graph if isinstance(graph, torch.nn.Module) else None
+
+
+def _within_quantization_noise(
+    reference: torch.nn.Module,
+    args: tuple[Any, ...],
+    expected: Any,
+    got: Any,
+    sqnr: float,
+    label: str,
+    min_sqnr_db: float,
+    margin_db: float = 1.0,
+) -> None:
+    """Accept a package that disagrees with the reference by less than the quantization itself does: when both
+    are about as close to the float model (SQNR to it within ``margin_db``), the package is another rounding
+    of the same int8 model (dynamic int8 on a model with activation outliers: a one-step rounding difference
+    in one layer changes the next layer's scale; all-MiniLM-L6-v2 measures ~17.5 dB to float for both, 20 dB
+    to each other). Otherwise raise ConversionError."""
+    float_model = _float_model(reference)
+    if float_model is not None:
+        with torch.no_grad():
+            floats = float_model(*args)
+        ref_db, pkg_db = _sqnr(floats, expected), _sqnr(floats, got)
+        if pkg_db >= ref_db - margin_db:
+            logger.info(
+                "the AOTInductor package differs from the reference quantized model at the %s (SQNR %.1f dB) as "
+                "much as int8 differs from float: both %.1f / %.1f dB to the float model; accepted",
+                label,
+                sqnr,
+                ref_db,
+                pkg_db,
+            )
+            return
+        detail = f"; to the float model: package {pkg_db:.1f} dB, reference {ref_db:.1f} dB"
+    else:
+        detail = ""
+    raise ConversionError(
+        f"the AOTInductor package disagrees with the reference quantized model at the {label} (SQNR "
+        f"{sqnr:.1f} dB < {min_sqnr_db:g}{detail}): an Inductor lowering bug; fix: use engine 'fx', or report it "
+        f"with the model"
+    )
 
 
 def _first_row(args: tuple[Any, ...]) -> tuple[Any, ...]:

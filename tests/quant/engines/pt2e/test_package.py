@@ -9,11 +9,8 @@ import pytest
 import torch
 
 from quantstage.quant import Pt2eSpec, quantize
-from quantstage.quant.engines.pt2e.package import (
-    _choose_qparams_tensor,
-    _sqnr,
-    _within_quantization_noise,
-)
+from quantstage.quant.engines.pt2e.inductor_fixes import _choose_qparams_tensor
+from quantstage.quant.engines.pt2e.package import _sqnr, _within_quantization_noise
 from quantstage.quant.errors import ConversionError
 from tests.models import DigitsMLP
 
