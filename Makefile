@@ -88,7 +88,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.conversion
 	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.pt2e_speed
 	$(BIN)/python -m bench.zoo
 
 stack: $(STAMP)  ## local Prefect server + worker + MLflow server + deployments; `deploy/stack.sh stop` stops it

@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"pairs": args.pairs, "machine": machine_info(), "load_start": os.getloadavg()[0]}
+    results: dict[str, Any] = {
+        "pairs": args.pairs,
+        "machine": machine_info(),
+        "load_start": round(os.getloadavg()[0], 2),
+    }
     results["models"] = {name: pairs(prepared, args.pairs) for name, prepared in _models().items()}
     out = Path(args.out)
     (out / "conversion.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

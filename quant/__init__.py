@@ -20,9 +20,10 @@ are the FX engine's ``convert_fx`` drop-in, decomposed. Subpackages:
 """
 
 import sys
-from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from quantstage.quant.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from quantstage.quant.calibrate import calibrate
@@ -230,13 +231,7 @@ _EXPORTS = {
     "sqnr_db": "quantstage.quant.measure",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 class _Package(ModuleType):

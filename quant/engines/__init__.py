@@ -8,8 +8,9 @@ come from it. Each engine's spec (``FxSpec``, ``Pt2eSpec``) imports no quantizat
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quantstage.quant.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from quantstage.quant.config.spec import SpecBase
@@ -86,10 +87,4 @@ _EXPORTS = {
     "spec_class": "quantstage.quant.engines.registry",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -14,7 +14,9 @@ implements ``quant.engines.Engine`` on top of its modules:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quantstage.quant.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from quantstage.quant.engines.fx.engine import FX_ENGINE, FxEngine
@@ -22,10 +24,5 @@ if TYPE_CHECKING:
 __all__ = ["FX_ENGINE", "FxEngine"]
 
 
-def __getattr__(name: str) -> Any:
-    """The engine loads its framework on first use: importing the package (its spec) stays light."""
-    if name in __all__:
-        from quantstage.quant.engines.fx import engine
-
-        return getattr(engine, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the engine loads its framework on first use: importing the package (its spec) stays light
+__getattr__ = lazy_getattr(__name__, {name: f"{__name__}.engine" for name in __all__})

@@ -18,7 +18,9 @@ is a TracingError that names the construct and suggests the FX engine's submodul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quantstage.quant.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from quantstage.quant.engines.pt2e.engine import PT2E_ENGINE, Pt2eEngine
@@ -26,10 +28,5 @@ if TYPE_CHECKING:
 __all__ = ["PT2E_ENGINE", "Pt2eEngine"]
 
 
-def __getattr__(name: str) -> Any:
-    """The engine loads its framework on first use: importing the package (its spec) stays light."""
-    if name in __all__:
-        from quantstage.quant.engines.pt2e import engine
-
-        return getattr(engine, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the engine loads its framework on first use: importing the package (its spec) stays light
+__getattr__ = lazy_getattr(__name__, {name: f"{__name__}.engine" for name in __all__})
